@@ -1,0 +1,1 @@
+"""The checkpoint store: the persisted domain and its two implementations."""
