@@ -1,0 +1,1 @@
+"""The actor system: supervisor, document workers, brokers and processors."""

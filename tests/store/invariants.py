@@ -24,8 +24,17 @@ async def assert_counts_exact(store: CheckpointStore, task_id: str) -> None:
     task = await store.get_task(task_id)
     expected = {
         "total": len(docs),
-        **{s: by_state.get(s, 0) for s in (
-            "pending", "running", "retry_wait", "completed", "failed", "cancelled")},
+        **{
+            s: by_state.get(s, 0)
+            for s in (
+                "pending",
+                "running",
+                "retry_wait",
+                "completed",
+                "failed",
+                "cancelled",
+            )
+        },
     }
     assert counts.model_dump() == expected
     tokens = sum((d.tokens for d in docs), TokenUsage())

@@ -33,7 +33,9 @@ LEASE = 60.0
 
 
 def docs(n: int, prefix: str = "d") -> list[DocumentInput]:
-    return [DocumentInput(doc_id=f"{prefix}{i:05d}", text=f"text {i}") for i in range(n)]
+    return [
+        DocumentInput(doc_id=f"{prefix}{i:05d}", text=f"text {i}") for i in range(n)
+    ]
 
 
 async def make_task(store: CheckpointStore, n: int, **config: object) -> str:
@@ -88,7 +90,9 @@ async def test_async_document_stream_is_stored_in_batches(store):
         for doc in docs(25):
             yield doc
 
-    task = await store.create_task(NewTask(tenant="a", type="noop"), stream(), batch_size=7)
+    task = await store.create_task(
+        NewTask(tenant="a", type="noop"), stream(), batch_size=7
+    )
     assert task.total_documents == 25
     page = await store.page_documents(task.task_id, after=20)
     assert [d.doc_id for d in page] == [f"d{i:05d}" for i in range(21, 25)]
@@ -108,7 +112,8 @@ async def test_twenty_concurrent_claimers_of_one_document_one_wins(store_factory
 
     winners = [c for c in claims if c]
     assert len(winners) == 1
-    assert winners[0][0].fence == 1 and winners[0][0].attempt == 1
+    assert winners[0][0].fence == 1
+    assert winners[0][0].attempt == 1
     counts = await first.counts(task_id)
     assert (counts.running, counts.pending) == (1, 0)
 
@@ -140,7 +145,10 @@ async def test_stale_fence_is_refused_everywhere(store):
     [new] = await store.claim(task_id, "w2", lease_seconds=LEASE, now=later)
     assert new.fence > old.fence
 
-    assert await store.extend_leases(task_id, [(old.doc_id, old.fence)], lease_seconds=9) == []
+    assert (
+        await store.extend_leases(task_id, [(old.doc_id, old.fence)], lease_seconds=9)
+        == []
+    )
     assert await store.settle(task_id, [done(old)]) == ["stale"]
     await store.put_result(task_id, new.doc_id, new.fence, {"by": "new"})
     with pytest.raises(StaleFence):
@@ -187,13 +195,19 @@ async def test_every_outcome_moves_documents_and_counters(store):
 
     counts = await store.counts(task_id)
     assert counts.model_dump() == {
-        "total": 6, "pending": 2, "running": 0, "retry_wait": 1,
-        "completed": 1, "failed": 1, "cancelled": 1,
+        "total": 6,
+        "pending": 2,
+        "running": 0,
+        "retry_wait": 1,
+        "completed": 1,
+        "failed": 1,
+        "cancelled": 1,
     }
     assert (await store.get_document(task_id, c[4].doc_id)).attempts == 0
     assert await store.next_retry_at(task_id) == soon
     waiting = await store.get_document(task_id, c[2].doc_id)
-    assert waiting.error == err and waiting.next_attempt_at == soon
+    assert waiting.error == err
+    assert waiting.next_attempt_at == soon
     # A waiting document is not claimable before its time, and first after it.
     early = await store.claim(task_id, "w", limit=5, lease_seconds=LEASE)
     assert c[2].doc_id not in {x.doc_id for x in early}
@@ -225,7 +239,8 @@ async def test_expired_leases_are_reclaimed_and_repeat_killers_fail(store):
         assert report.released == (("d00000",) if round_ == 0 else ())
 
     doc = await store.get_document(task_id, "d00000")
-    assert doc.state == D.FAILED and doc.error.type == "WorkerLost"
+    assert doc.state == D.FAILED
+    assert doc.error.type == "WorkerLost"
     nothing = await store.reclaim_expired(task_id, max_attempts=2, now=t0)
     assert nothing.released == nothing.failed == ()
     await assert_counts_exact(store, task_id)
@@ -315,21 +330,30 @@ async def test_transitions_follow_the_table_and_record_history(store):
     with pytest.raises(TransitionRefused):
         await store.transition_task(task_id, T.PAUSED)
     await store.transition_task(task_id, T.PAUSING, reason="token budget reached")
-    paused = await store.transition_task(task_id, T.PAUSED, reason="token budget reached")
-    assert paused.reason == "token budget reached" and paused.paused_at is not None
+    paused = await store.transition_task(
+        task_id, T.PAUSED, reason="token budget reached"
+    )
+    assert paused.reason == "token budget reached"
+    assert paused.paused_at is not None
     rejected = await store.record_rejection(
         task_id, T.PAUSED, reason="already paused", request_id="r9"
     )
     resumed = await store.transition_task(task_id, T.RUNNING, request_id="r10")
-    assert resumed.reason is None and resumed.resumed_at is not None
+    assert resumed.reason is None
+    assert resumed.resumed_at is not None
 
     history = await store.history(task_id)
     assert [(h.to_state, h.accepted) for h in history] == [
-        (T.PENDING, True), (T.RUNNING, True), (T.PAUSING, True),
-        (T.PAUSED, True), (T.PAUSED, False), (T.RUNNING, True),
+        (T.PENDING, True),
+        (T.RUNNING, True),
+        (T.PAUSING, True),
+        (T.PAUSED, True),
+        (T.PAUSED, False),
+        (T.RUNNING, True),
     ]
     assert [h.seq for h in history] == list(range(1, 7))
-    assert history[4] == rejected and rejected.request_id == "r9"
+    assert history[4] == rejected
+    assert rejected.request_id == "r9"
     assert [h.seq for h in await store.history(task_id, since=4)] == [5, 6]
     assert resumed.version == 6
 

@@ -46,8 +46,14 @@ class MongoEcoServer:
                 f"no Python 3.13 with mongoeco at {str(self.python)!r}: run "
                 "`make services-venv` or set TASKPOINT_MONGOECO_PYTHON"
             )
-        cmd = [str(self.python), str(LAUNCHER), "--host", "127.0.0.1",
-               "--port", str(self.port)]
+        cmd = [
+            str(self.python),
+            str(LAUNCHER),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         if self.sqlite_path is not None:
             cmd += ["--sqlite", str(self.sqlite_path)]
         self.process = subprocess.Popen(
