@@ -58,10 +58,15 @@ rabbitmq_stop() {
 
 find_python313() {
   local candidate
-  for candidate in "${TASKPOINT_PYTHON313:-}" "$(command -v python3.13 || true)" \
-      "$(pyenv prefix 3.13 2>/dev/null)/bin/python" \
-      "$HOME"/.pyenv/versions/3.13*/bin/python /usr/local/bin/python3.13; do
-    [[ -n $candidate && -x $candidate ]] && { echo "$candidate"; return 0; }
+  # pyenv's shims exist for versions that are not active, so each candidate
+  # must prove it runs and is 3.13.
+  for candidate in "${TASKPOINT_PYTHON313:-}" "$HOME"/.pyenv/versions/3.13*/bin/python \
+      "$(command -v python3.13 || true)" /usr/local/bin/python3.13 /usr/bin/python3.13; do
+    [[ -n $candidate && -x $candidate ]] || continue
+    if "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null; then
+      echo "$candidate"
+      return 0
+    fi
   done
   return 1
 }

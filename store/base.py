@@ -154,13 +154,16 @@ class CheckpointStore(Protocol):
         owner: str,
         *,
         limit: int = 1,
+        doc_ids: Sequence[str] | None = None,
         lease_seconds: float,
         now: datetime | None = None,
     ) -> list[Claim]:
         """Lease up to ``limit`` claimable documents of a task to ``owner``.
 
         Claimable: ``pending``, or ``retry_wait`` whose ``next_attempt_at`` has
-        come (those first), in document order. Each claimed document moves to
+        come (those first), in document order; with ``doc_ids``, only among
+        those documents (a job message's ids: the ones already completed,
+        running or unknown are skipped). Each claimed document moves to
         ``running``, its attempt count grows by one, and it gets a fencing token
         greater than any it had. No document is handed to two claimers.
         """
@@ -248,6 +251,11 @@ class CheckpointStore(Protocol):
         Reads only those documents (by index), never the completed ones; the
         pending ones come in document order, then the waiting ones.
         """
+
+    async def due_retries(
+        self, task_id: str, *, limit: int, now: datetime | None = None
+    ) -> list[str]:
+        """Return ids of waiting documents whose ``next_attempt_at`` has come."""
 
     async def next_retry_at(self, task_id: str) -> datetime | None:
         """Return the earliest ``next_attempt_at`` of the task's waiting documents."""

@@ -34,7 +34,6 @@ import functools
 import logging
 import uuid
 from collections.abc import (
-    AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
@@ -51,6 +50,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
 
 from store.base import DEFAULT_BATCH, SCHEMA_VERSION, Documents
+from store.batches import batched
 from store.errors import (
     DocumentNotFound,
     DuplicateDocument,
@@ -83,6 +83,7 @@ from store.states import (
     check_task_transition,
     task_sources,
 )
+from store.transitions import transition_fields
 
 logger = logging.getLogger(__name__)
 
@@ -143,12 +144,23 @@ def _driver_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
 
 def _now(now: datetime | None) -> datetime:
-    """Return ``now`` (or the clock) cut to the millisecond that BSON stores.
+    """Return ``now``, or the clock, as an aware UTC datetime."""
+    return (now or utcnow()).astimezone(UTC)
 
-    Everything written and returned then agrees with what a later read sees.
+
+def _ts(moment: datetime) -> str:
+    """Return the stored form of an instant: fixed-width UTC ISO-8601.
+
+    BSON dates keep milliseconds only, and the Protocol hands back the
+    caller's instants exactly. Fixed width makes string order time order, so
+    range filters and index order on these fields work as they would on dates.
     """
-    moment = (now or utcnow()).astimezone(UTC)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _stored(fields: Mapping[str, Any]) -> Doc:
+    """Return ``fields`` with every datetime in its stored form."""
+    return {k: _ts(v) if isinstance(v, datetime) else v for k, v in fields.items()}
 
 
 def _doc_key(task_id: str, doc_id: str) -> str:
@@ -174,50 +186,6 @@ def _transition_from(entry: Mapping[str, Any]) -> Transition:
     return Transition(**entry)
 
 
-async def _batches(
-    documents: Documents, size: int
-) -> AsyncIterator[list[DocumentInput]]:
-    """Yield lists of at most ``size`` documents from a sync or async iterable."""
-    batch: list[DocumentInput] = []
-    if isinstance(documents, AsyncIterable):
-        async for item in documents:
-            batch.append(item)
-            if len(batch) >= size:
-                yield batch
-                batch = []
-    else:
-        for item in documents:
-            batch.append(item)
-            if len(batch) >= size:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
-
-
-def _transition_fields(
-    doc: Mapping[str, Any], target: TaskState, reason: str | None, now: datetime
-) -> Doc:
-    """Return the ``$set`` of a task transition: state, timestamps, reason."""
-    current = TaskState(doc["state"])
-    fields: Doc = {"state": target.value, "updated_at": now}
-    if target is T.RUNNING:
-        fields["reason"] = None
-        if doc.get("started_at") is None:
-            fields["started_at"] = now
-        if current is T.PAUSED:
-            fields["resumed_at"] = now
-    elif target in (T.PAUSING, T.PAUSED, T.FAILED) and reason is not None:
-        fields["reason"] = reason
-    if target is T.PAUSED:
-        fields["paused_at"] = now
-    elif target in (T.COMPLETED, T.COMPLETED_WITH_FAILURES, T.FAILED):
-        fields["completed_at"] = now
-    elif target is T.CANCELLED:
-        fields["cancelled_at"] = now
-    return fields
-
-
 def _settle_pipeline(outcome: Outcome, mark: str, now: datetime) -> list[Doc]:
     """Return the update pipeline that writes one outcome and its attempt record.
 
@@ -226,6 +194,8 @@ def _settle_pipeline(outcome: Outcome, mark: str, now: datetime) -> list[Doc]:
     attempt that is ending, even though the same stage clears the lease.
     """
     state = outcome.state
+    stamp = _ts(now)
+    retry_at = outcome.next_attempt_at if state is D.RETRY_WAIT else None
     error = outcome.error.model_dump() if outcome.error else None
     tokens = outcome.tokens.model_dump()
     record = {
@@ -233,7 +203,7 @@ def _settle_pipeline(outcome: Outcome, mark: str, now: datetime) -> list[Doc]:
         "fence": _lit(outcome.fence),
         "owner": "$lease_owner",
         "started_at": "$started_at",
-        "finished_at": now,
+        "finished_at": _lit(_ts(now)),
         "outcome": _lit(ATTEMPT_OUTCOMES[state]),
         "tokens": _lit(tokens),
         "error": _lit(error),
@@ -243,10 +213,10 @@ def _settle_pipeline(outcome: Outcome, mark: str, now: datetime) -> list[Doc]:
         "settle_mark": _lit(mark),
         "lease_owner": None,
         "lease_expires_at": None,
-        "next_attempt_at": outcome.next_attempt_at if state is D.RETRY_WAIT else None,
+        "next_attempt_at": _lit(retry_at and _ts(retry_at)),
         "error": _lit(error),
-        "finished_at": now if state in SETTLED_DOCUMENT_STATES else None,
-        "updated_at": now,
+        "finished_at": _lit(stamp if state in SETTLED_DOCUMENT_STATES else None),
+        "updated_at": _lit(stamp),
         "tokens.prompt": {
             "$add": [{"$ifNull": ["$tokens.prompt", 0]}, tokens["prompt"]]
         },
@@ -270,7 +240,7 @@ def _reclaim_pipeline(fail: bool, mark: str, now: datetime) -> list[Doc]:
         "fence": "$fence",
         "owner": "$lease_owner",
         "started_at": "$started_at",
-        "finished_at": now,
+        "finished_at": _lit(_ts(now)),
         "outcome": _lit("lost"),
         "tokens": _lit({"prompt": 0, "completion": 0}),
         "error": _lit(WORKER_LOST),
@@ -280,12 +250,12 @@ def _reclaim_pipeline(fail: bool, mark: str, now: datetime) -> list[Doc]:
         "reclaim_mark": _lit(mark),
         "lease_owner": None,
         "lease_expires_at": None,
-        "updated_at": now,
+        "updated_at": _lit(_ts(now)),
         "attempt_log": {"$concatArrays": [{"$ifNull": ["$attempt_log", []]}, [record]]},
     }
     if fail:
         fields["error"] = _lit(WORKER_LOST)
-        fields["finished_at"] = now
+        fields["finished_at"] = _lit(_ts(now))
     return [{"$set": fields}]
 
 
@@ -440,7 +410,7 @@ class MongoStore:
             DuplicateDocument: a document id was given twice; nothing of the
                 task is left behind.
         """
-        now = _now(None)
+        now = _ts(_now(None))
         await self._insert_task(new, now)
         try:
             total = await self._insert_documents(
@@ -460,7 +430,7 @@ class MongoStore:
         logger.info("task created task_id=%s documents=%d", new.task_id, total)
         return _task_from(task)
 
-    async def _insert_task(self, new: NewTask, now: datetime) -> None:
+    async def _insert_task(self, new: NewTask, now: str) -> None:
         record = {
             "_id": new.task_id,
             "tenant": new.tenant,
@@ -471,11 +441,21 @@ class MongoStore:
             "settled": {"completed": 0, "failed": 0, "cancelled": 0},
             "tokens": {"prompt": 0, "completion": 0},
             "sealed": False,
-            "version": 0,
+            "version": 1,
             "reason": None,
             "created_at": now,
             "updated_at": now,
-            "history": [],
+            "history": [
+                {
+                    "seq": 1,
+                    "from_state": None,
+                    "to_state": T.PENDING.value,
+                    "at": now,
+                    "reason": "created",
+                    "request_id": None,
+                    "accepted": True,
+                }
+            ],
         }
         try:
             await self._tasks.insert_one(record)
@@ -483,11 +463,11 @@ class MongoStore:
             raise StoreError(f"task {new.task_id!r} already exists") from err
 
     async def _insert_documents(
-        self, task_id: str, documents: Documents, batch_size: int, now: datetime
+        self, task_id: str, documents: Documents, batch_size: int, now: str
     ) -> int:
         """Store documents and contents batch by batch; return how many."""
         seq = 0
-        async for batch in _batches(documents, max(batch_size, 1)):
+        async for batch in batched(documents, batch_size):
             seen: set[str] = set()
             checkpoints: list[Doc] = []
             contents: list[Doc] = []
@@ -504,9 +484,7 @@ class MongoStore:
         return seq
 
     @staticmethod
-    def _new_checkpoint(
-        task_id: str, item: DocumentInput, seq: int, now: datetime
-    ) -> Doc:
+    def _new_checkpoint(task_id: str, item: DocumentInput, seq: int, now: str) -> Doc:
         return {
             "_id": _doc_key(task_id, item.doc_id),
             "task_id": task_id,
@@ -578,7 +556,7 @@ class MongoStore:
         if states is not None:
             query["state"] = {"$in": [TaskState(s).value for s in states]}
         if before is not None:
-            query["created_at"] = {"$lt": before}
+            query["created_at"] = {"$lt": _ts(before)}
         cursor = (
             self._tasks.find(query, NO_HISTORY)
             .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
@@ -613,23 +591,26 @@ class MongoStore:
         if expected is not None:
             allowed &= {TaskState(s) for s in expected}
         while True:
-            doc = await self._read_task(task_id)
-            current = TaskState(doc["state"])
-            self._check_allowed(task_id, current, target, allowed, expected)
-            version = int(doc["version"])
-            entry = self._history_entry(
-                version, current, target, moment, reason, request_id
-            )
+            task = await self._read_task(task_id)
+            self._check_allowed(task, target, allowed, expected)
             updated = await self._tasks.find_one_and_update(
                 {
                     "_id": task_id,
-                    "version": version,
+                    "version": task.version,
                     "state": {"$in": [s.value for s in allowed]},
                 },
                 {
-                    "$set": _transition_fields(doc, target, reason, moment),
+                    "$set": {
+                        "state": target.value,
+                        "updated_at": _ts(moment),
+                        **_stored(transition_fields(task, target, reason, moment)),
+                    },
                     "$inc": {"version": 1},
-                    "$push": {"history": entry},
+                    "$push": {
+                        "history": self._history_entry(
+                            task, target, moment, reason, request_id
+                        )
+                    },
                 },
                 projection=NO_HISTORY,
                 return_document=ReturnDocument.AFTER,
@@ -638,31 +619,30 @@ class MongoStore:
                 logger.info(
                     "task transition task_id=%s from=%s to=%s reason=%s",
                     task_id,
-                    current.value,
+                    task.state.value,
                     target.value,
                     reason,
                 )
                 return _task_from(updated)
+            # Someone else moved the task since the read: re-check from scratch.
             logger.debug("task version moved, retrying task_id=%s", task_id)
 
     @staticmethod
     def _check_allowed(
-        task_id: str,
-        current: TaskState,
+        task: Task,
         target: TaskState,
         allowed: frozenset[TaskState] | set[TaskState],
         expected: Iterable[TaskState] | None,
     ) -> None:
-        check_task_transition(task_id, current, target)
-        if current not in allowed:
-            names = sorted(TaskState(s).value for s in expected or ())
-            why = f"expected one of {names!r}"
-            raise TransitionRefused(task_id, current, target, why)
+        if expected is not None and task.state not in allowed:
+            names = ", ".join(sorted(TaskState(s).value for s in expected))
+            why = f"expected one of {names}"
+            raise TransitionRefused(task.task_id, task.state, target, why)
+        check_task_transition(task.task_id, task.state, target)
 
     @staticmethod
     def _history_entry(
-        version: int,
-        current: TaskState | None,
+        task: Task,
         target: TaskState,
         at: datetime,
         reason: str | None,
@@ -672,22 +652,20 @@ class MongoStore:
     ) -> Doc:
         # seq is the version after the write, so history order is version order.
         return {
-            "seq": version + 1,
-            "from_state": current.value if current else None,
+            "seq": task.version + 1,
+            "from_state": task.state.value,
             "to_state": target.value,
-            "at": at,
+            "at": _ts(at),
             "reason": reason,
             "request_id": request_id,
             "accepted": accepted,
         }
 
-    async def _read_task(self, task_id: str) -> Doc:
-        doc = await self._tasks.find_one(
-            {"_id": task_id}, {"state": 1, "version": 1, "started_at": 1}
-        )
+    async def _read_task(self, task_id: str) -> Task:
+        doc = await self._tasks.find_one({"_id": task_id}, NO_HISTORY)
         if doc is None:
             raise TaskNotFound(task_id)
-        return doc
+        return _task_from(doc)
 
     @_driver_errors
     async def record_rejection(
@@ -707,21 +685,19 @@ class MongoStore:
         target = TaskState(target)
         moment = _now(now)
         while True:
-            doc = await self._read_task(task_id)
-            version = int(doc["version"])
-            current = TaskState(doc["state"])
+            task = await self._read_task(task_id)
             entry = self._history_entry(
-                version, current, target, moment, reason, request_id, accepted=False
+                task, target, moment, reason, request_id, accepted=False
             )
             updated = await self._tasks.update_one(
-                {"_id": task_id, "version": version},
+                {"_id": task_id, "version": task.version},
                 {"$inc": {"version": 1}, "$push": {"history": entry}},
             )
             if updated.matched_count:
                 logger.warning(
                     "request rejected task_id=%s state=%s target=%s reason=%s",
                     task_id,
-                    current.value,
+                    task.state.value,
                     target.value,
                     reason,
                 )
@@ -847,7 +823,10 @@ class MongoStore:
         return {
             "task_id": task_id,
             "state": {"$in": OPEN_STATES},
-            "$or": [{"state": D.PENDING.value}, {"next_attempt_at": {"$lte": now}}],
+            "$or": [
+                {"state": D.PENDING.value},
+                {"next_attempt_at": {"$lte": _ts(now)}},
+            ],
         }
 
     @staticmethod
@@ -856,10 +835,10 @@ class MongoStore:
             "$set": {
                 "state": D.RUNNING.value,
                 "lease_owner": owner,
-                "lease_expires_at": expires,
+                "lease_expires_at": _ts(expires),
                 "next_attempt_at": None,
-                "started_at": now,
-                "updated_at": now,
+                "started_at": _ts(now),
+                "updated_at": _ts(now),
             },
             # The fence only ever grows, and only here: a write carrying an
             # older fence belongs to a lease that has been superseded.
@@ -885,7 +864,7 @@ class MongoStore:
         if limit <= 0:
             return []
         moment = _now(now)
-        expires = _now(moment + timedelta(seconds=lease_seconds))
+        expires = moment + timedelta(seconds=lease_seconds)
         if limit == 1:
             return await self._claim_one(task_id, owner, expires, moment)
         return await self._claim_many(task_id, owner, limit, expires, moment)
@@ -997,7 +976,7 @@ class MongoStore:
         if not leases:
             return []
         moment = _now(now)
-        expires = _now(moment + timedelta(seconds=lease_seconds))
+        expires = moment + timedelta(seconds=lease_seconds)
         mark = uuid.uuid4().hex
         ops = [
             (
@@ -1008,8 +987,8 @@ class MongoStore:
                 },
                 {
                     "$set": {
-                        "lease_expires_at": expires,
-                        "updated_at": moment,
+                        "lease_expires_at": _ts(expires),
+                        "updated_at": _ts(moment),
                         "lease_mark": f"{mark}:{i}",
                     }
                 },
@@ -1111,7 +1090,7 @@ class MongoStore:
                         "doc_id": doc_id,
                         "fence": fence,
                         "result": result,
-                        "updated_at": _now(None),
+                        "updated_at": _ts(_now(None)),
                     }
                 },
                 upsert=True,
@@ -1164,7 +1143,7 @@ class MongoStore:
             {
                 "task_id": task_id,
                 "state": D.RUNNING.value,
-                "lease_expires_at": {"$lt": moment},
+                "lease_expires_at": {"$lt": _ts(moment)},
             },
             {"doc_id": 1, "fence": 1, "attempts": 1},
         )
@@ -1178,7 +1157,7 @@ class MongoStore:
                     "_id": c["_id"],
                     "fence": c["fence"],
                     "state": D.RUNNING.value,
-                    "lease_expires_at": {"$lt": moment},
+                    "lease_expires_at": {"$lt": _ts(moment)},
                 },
                 _reclaim_pipeline(c["attempts"] >= max_attempts, f"{mark}:{i}", moment),
             )
@@ -1250,7 +1229,7 @@ class MongoStore:
                     "error": None,
                     "next_attempt_at": None,
                     "finished_at": None,
-                    "updated_at": moment,
+                    "updated_at": _ts(moment),
                 }
             },
         )
@@ -1278,8 +1257,8 @@ class MongoStore:
                 "$set": {
                     "state": D.CANCELLED.value,
                     "next_attempt_at": None,
-                    "finished_at": moment,
-                    "updated_at": moment,
+                    "finished_at": _ts(moment),
+                    "updated_at": _ts(moment),
                 }
             },
         )
@@ -1333,8 +1312,8 @@ class MongoStore:
         )
         if doc is None:
             return None
-        moment: datetime | None = doc.get("next_attempt_at")
-        return moment
+        stored = doc.get("next_attempt_at")
+        return None if stored is None else datetime.fromisoformat(stored)
 
     @_driver_errors
     async def page_documents(

@@ -194,6 +194,13 @@ WHERE task_id = :task_id AND state = 'retry_wait' AND next_attempt_at <= :now
 ORDER BY next_attempt_at LIMIT :limit
 """
 
+CLAIM_NAMED = """
+SELECT id FROM documents
+WHERE task_id = :task_id AND doc_id IN (SELECT value FROM json_each(:doc_ids))
+    AND (state = 'pending' OR (state = 'retry_wait' AND next_attempt_at <= :now))
+LIMIT :limit
+"""
+
 CLAIM_PENDING = """
 SELECT id FROM documents
 WHERE task_id = :task_id AND state = 'pending'
@@ -708,36 +715,38 @@ class SQLiteStore:
         owner: str,
         *,
         limit: int = 1,
+        doc_ids: Sequence[str] | None = None,
         lease_seconds: float,
         now: datetime | None = None,
     ) -> list[Claim]:
-        """Lease up to ``limit`` claimable documents to ``owner``."""
+        """Lease up to ``limit`` claimable documents (of ``doc_ids``) to ``owner``."""
         at = (now or utcnow()).timestamp()
-        return await self._run(
-            self._claim, task_id, owner, limit, at, at + lease_seconds
-        )
-
-    def _claim(
-        self, task_id: str, owner: str, limit: int, now: float, expires: float
-    ) -> list[Claim]:
         params = {
             "task_id": task_id,
-            "now": now,
+            "now": at,
             "limit": limit,
             "owner": owner,
-            "expires": expires,
+            "expires": at + lease_seconds,
+            "doc_ids": None if doc_ids is None else json.dumps(list(doc_ids)),
         }
+        return await self._run(self._claim, params)
+
+    def _claim(self, params: dict[str, Any]) -> list[Claim]:
+        limit = params["limit"]
         with self._tx() as db:
-            rows = db.execute(
-                CLAIM_SQL.format(candidates=CLAIM_WAITING), params
-            ).fetchall()
-            if len(rows) < limit:
+            if params["doc_ids"] is not None:
+                sources = [CLAIM_NAMED]
+            else:
+                sources = [CLAIM_WAITING, CLAIM_PENDING]
+            rows: list[sqlite3.Row] = []
+            for source in sources:
+                if len(rows) >= limit:
+                    break
                 params["limit"] = limit - len(rows)
-                rows += db.execute(
-                    CLAIM_SQL.format(candidates=CLAIM_PENDING), params
-                ).fetchall()
-        lease_end = dt(expires)
-        assert lease_end is not None
+                sql = CLAIM_SQL.format(candidates=source)
+                rows += db.execute(sql, params).fetchall()
+        expires = params["expires"]
+        lease_end = datetime.fromtimestamp(expires, UTC)
         return [
             Claim(
                 doc_id=r["doc_id"],
@@ -1006,6 +1015,18 @@ class SQLiteStore:
                     break
                 yield [r["doc_id"] for r in rows]
                 after = rows[-1]["seq"]
+
+    async def due_retries(
+        self, task_id: str, *, limit: int, now: datetime | None = None
+    ) -> list[str]:
+        """Return ids of waiting documents whose time to run again has come."""
+        rows = await self._run(
+            self._fetchall,
+            "SELECT doc_id FROM documents WHERE task_id = ? AND state = 'retry_wait'"
+            " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+            (task_id, (now or utcnow()).timestamp(), limit),
+        )
+        return [r["doc_id"] for r in rows]
 
     async def next_retry_at(self, task_id: str) -> datetime | None:
         """Return the earliest time a waiting document may run again."""

@@ -26,6 +26,20 @@ MONGO_TEST_OPTIONS = {
 
 
 @pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The URL of the RabbitMQ that the test command started or found."""
+    return os.environ.get(
+        "TASKPOINT_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"
+    )
+
+
+@pytest.fixture
+def broker_prefix() -> str:
+    """A queue and exchange prefix of the test's own on the shared RabbitMQ."""
+    return f"tp-test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
 def mongo_url() -> Iterator[str]:
     """The URL of a MongoDB-protocol server, started here unless one is given."""
     given = os.environ.get("TASKPOINT_TEST_MONGODB_URL")

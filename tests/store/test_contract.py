@@ -380,3 +380,24 @@ async def test_concurrent_transitions_compare_and_set(store_factory):
     assert outcomes.count(True) == 1
     history = await first.history(task_id)
     assert Counter(h.to_state for h in history)[T.PAUSING] == 1
+
+
+async def test_claim_named_documents_skips_the_unclaimable(store):
+    task_id = await make_task(store, 6)
+    [first] = await store.claim(task_id, "w", doc_ids=["d00002"], lease_seconds=LEASE)
+    await store.settle(task_id, [done(first)])
+    soon = utcnow() + timedelta(seconds=30)
+    [waiting] = await store.claim(task_id, "w", doc_ids=["d00004"], lease_seconds=LEASE)
+    await store.settle(task_id, [done(waiting, D.RETRY_WAIT, next_attempt_at=soon)])
+
+    named = ["d00002", "d00003", "d00004", "nope", "d00005"]
+    got = await store.claim(task_id, "w", doc_ids=named, limit=10, lease_seconds=LEASE)
+    assert sorted(c.doc_id for c in got) == ["d00003", "d00005"]
+    assert await store.due_retries(task_id, limit=10) == []
+    later = soon + timedelta(seconds=1)
+    assert await store.due_retries(task_id, limit=10, now=later) == ["d00004"]
+    again = await store.claim(
+        task_id, "w", doc_ids=named, limit=1, lease_seconds=LEASE, now=later
+    )
+    assert [c.doc_id for c in again] == ["d00004"]
+    await assert_counts_exact(store, task_id)

@@ -128,7 +128,7 @@ async def run_program(open_store, rounds: list[list[tuple]]) -> None:
 
 
 @settings(
-    max_examples=40,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -150,7 +150,7 @@ def mongo_database(mongo_url: str) -> tuple[str, str]:
 
 
 @settings(
-    max_examples=12,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

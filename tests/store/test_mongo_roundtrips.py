@@ -261,7 +261,7 @@ async def test_transitions_timestamps_and_history(store: MongoStore) -> None:
     assert resumed.reason is None
     assert resumed.resumed_at is not None
     assert resumed.started_at == T0
-    assert resumed.version == 4
+    assert resumed.version == 5
     with pytest.raises(TransitionRefused):
         await store.transition_task(task_id, T.PAUSED)
     with pytest.raises(TransitionRefused):
@@ -269,12 +269,14 @@ async def test_transitions_timestamps_and_history(store: MongoStore) -> None:
     with pytest.raises(TaskNotFound):
         await store.transition_task("missing", T.RUNNING)
     rejected = await store.record_rejection(task_id, T.PAUSED, reason="not pausing")
-    assert (rejected.seq, rejected.accepted) == (5, False)
+    assert (rejected.seq, rejected.accepted) == (6, False)
     history = await store.history(task_id)
-    assert [h.seq for h in history] == [1, 2, 3, 4, 5]
-    assert history[0].request_id == "r1"
-    assert history[0].from_state is T.PENDING
-    assert [h.seq for h in await store.history(task_id, since=3)] == [4, 5]
+    assert [h.seq for h in history] == [1, 2, 3, 4, 5, 6]
+    assert (history[0].from_state, history[0].to_state) == (None, T.PENDING)
+    assert history[1].request_id == "r1"
+    assert history[1].from_state is T.PENDING
+    assert history[1].at == T0
+    assert [h.seq for h in await store.history(task_id, since=4)] == [5, 6]
     cancelled = await store.transition_task(task_id, T.CANCELLING)
     assert cancelled.cancelled_at is None
     final = await store.transition_task(task_id, T.CANCELLED)
@@ -293,7 +295,7 @@ async def test_concurrent_transitions_have_one_winner(store: MongoStore) -> None
         for r in results
         if isinstance(r, BaseException)
     )
-    assert [h.seq for h in await store.history(task_id)] == [1]
+    assert [h.seq for h in await store.history(task_id)] == [1, 2]
 
 
 # Work path

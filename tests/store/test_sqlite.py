@@ -70,6 +70,8 @@ async def exercise_document_path(store: SQLiteStore) -> str:
     now = utcnow()
     claims = await store.claim(task_id, "w", limit=4, lease_seconds=30, now=now)
     await store.claim(task_id, "w", limit=1, lease_seconds=30, now=now)
+    await store.claim(task_id, "w", doc_ids=["d9", "d10"], limit=2, lease_seconds=30)
+    await store.due_retries(task_id, limit=5)
     await store.extend_leases(
         task_id, [(c.doc_id, c.fence) for c in claims], lease_seconds=30
     )

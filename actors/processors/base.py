@@ -1,0 +1,122 @@
+"""The processor interface: what is done to one document.
+
+A processor is an object with a ``name`` and an async ``process`` method. The
+worker gives it the document's id and a :class:`ProcessorContext`; it returns
+the document's result (a JSON-able dict, stored before the document is marked
+completed) or None. It signals how it failed by the exception it raises:
+
+- :class:`TransientError` (or any exception not marked permanent): the attempt
+  failed for a reason that may pass; the document is retried with backoff
+  until the task's ``max_attempts``.
+- :class:`PermanentError`: retrying cannot help; the document fails at once.
+
+Cancellation arrives as :class:`asyncio.CancelledError` at an ``await``: a
+processor must let it propagate (cleaning up in ``finally`` if it must).
+CPU-bound steps go through :meth:`ProcessorContext.run_cpu` so that the event
+loop, and with it every other document and lease heartbeat, keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
+
+from store.base import CheckpointStore
+from store.errors import TaskpointError
+from store.models import DocumentContent, Task, TokenUsage
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ProcessorError(TaskpointError):
+    """A processor could not finish a document."""
+
+    permanent = False
+
+
+class TransientError(ProcessorError):
+    """The attempt failed for a reason that may pass: retry it later."""
+
+
+class PermanentError(ProcessorError):
+    """The document cannot be processed: do not retry it."""
+
+    permanent = True
+
+
+class UnknownProcessor(TaskpointError):
+    """No processor is registered under a task type's name."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(
+            f"no processor named {name!r}; registered: {', '.join(known) or 'none'}"
+        )
+        self.name = name
+
+
+@dataclass
+class TokenLedger:
+    """Tokens spent by one attempt, as the provider reported them."""
+
+    prompt: int = 0
+    completion: int = 0
+
+    def add(self, prompt: int = 0, completion: int = 0) -> None:
+        """Record one call's usage."""
+        self.prompt += prompt
+        self.completion += completion
+
+    def usage(self) -> TokenUsage:
+        """Return what was spent so far."""
+        return TokenUsage(prompt=self.prompt, completion=self.completion)
+
+
+@dataclass
+class ProcessorContext:
+    """What a processor may use while it works on one document.
+
+    Attributes:
+        task: the task, with its config.
+        doc_id: the document's id.
+        attempt: this attempt's number, from 1.
+        fence: the fencing token of this attempt's lease.
+        tokens: where the processor records the tokens it spends; failed and
+            cancelled attempts count too.
+    """
+
+    task: Task
+    doc_id: str
+    attempt: int
+    fence: int
+    store: CheckpointStore
+    tokens: TokenLedger = field(default_factory=TokenLedger)
+
+    async def content(self) -> DocumentContent:
+        """Load the document's text or URI from the store."""
+        found = await self.store.load_contents(self.task.task_id, [self.doc_id])
+        return found[self.doc_id]
+
+    async def run_cpu(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run a CPU-bound function on a thread, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+
+@runtime_checkable
+class Processor(Protocol):
+    """What is done to one document of a task of this processor's type."""
+
+    name: str
+
+    async def process(self, ctx: ProcessorContext) -> dict[str, Any] | None:
+        """Process ``ctx.doc_id`` and return its result, or None.
+
+        Raises:
+            TransientError: retry later.
+            PermanentError: fail the document now.
+        """
+        ...

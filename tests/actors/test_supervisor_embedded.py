@@ -1,0 +1,195 @@
+"""The supervisor on the embedded pair: in-process broker and SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from actors.broker_memory import MemoryBroker
+from actors.messages import ControlMessage
+from actors.supervisor import Supervisor, SupervisorConfig
+from store.models import DocumentInput, NewTask, TaskConfig
+from store.sqlite import SQLiteStore
+from store.states import DocumentState as D
+from store.states import TaskState as T
+from tests.store.invariants import assert_counts_exact
+from tests.support.processors import ScriptedProcessor
+
+
+async def wait_for(predicate, timeout=15.0, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = await predicate()
+        if result:
+            return result
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met in {timeout} s")
+
+
+async def task_in(store, task_id, *states):
+    task = await store.get_task(task_id)
+    return task if task.state in states else None
+
+
+class Embedded:
+    def __init__(self, tmp_path, processor, **config):
+        self.store = SQLiteStore(tmp_path / "cp.db", synchronous="normal")
+        self.broker = MemoryBroker()
+        self.processor = processor
+        self.config = SupervisorConfig(sweep_interval=0.1, lease_seconds=5, **config)
+        self.supervisor = None
+
+    async def __aenter__(self):
+        await self.store.start()
+        await self.broker.start()
+        self.supervisor = Supervisor(
+            self.store, self.broker, self.config, processors=lambda _: self.processor
+        )
+        await self.supervisor.start()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.supervisor.stop(timeout=30)
+        await self.broker.stop()
+        await self.store.stop()
+
+    async def submit(self, n, **config):
+        task = await self.store.create_task(
+            NewTask(tenant="t", type="scripted", config=TaskConfig(**config)),
+            [DocumentInput(doc_id=f"d{i:04d}", text=f"text {i}") for i in range(n)],
+        )
+        return task.task_id
+
+    async def control(self, task_id, action, **kw):
+        msg = ControlMessage(task_id=task_id, action=action, **kw)
+        await self.broker.publish_control(msg.model_dump_json().encode())
+
+
+async def test_a_task_runs_to_completion_with_results_and_tokens(tmp_path):
+    processor = ScriptedProcessor(tokens=(10, 3))
+    async with Embedded(tmp_path, processor, concurrency=4) as env:
+        task_id = await env.submit(200)
+        task = await wait_for(lambda: task_in(env.store, task_id, T.COMPLETED))
+        assert task.tokens.prompt == 2000
+        assert await env.store.get_result(task_id, "d0007") == {
+            "doc": "d0007",
+            "attempt": 1,
+        }
+        assert sorted(processor.started) == [f"d{i:04d}" for i in range(200)]
+        await assert_counts_exact(env.store, task_id)
+
+
+async def test_failures_retry_then_fail_and_retry_failed_recovers(tmp_path):
+    processor = ScriptedProcessor(
+        transient={"d0001": 1, "d0002": 9}, permanent={"d0003"}
+    )
+    async with Embedded(tmp_path, processor) as env:
+        task_id = await env.submit(
+            6, max_attempts=3, backoff_base=0.05, backoff_cap=0.1
+        )
+        task = await wait_for(
+            lambda: task_in(env.store, task_id, T.COMPLETED_WITH_FAILURES)
+        )
+        assert task.settled.failed == 2
+        assert processor.attempts["d0001"] == 2
+        assert processor.attempts["d0002"] == 3
+        assert processor.attempts["d0003"] == 1
+        processor.permanent.clear()
+        processor.transient.clear()
+        await env.control(task_id, "retry_failed", doc_ids=["d0003"])
+        await wait_for(lambda: _attempted(processor, "d0003", 2))
+        task = await wait_for(
+            lambda: task_in(env.store, task_id, T.COMPLETED_WITH_FAILURES)
+        )
+        assert task.settled.failed == 1
+        await env.control(task_id, "retry-failed")
+        await wait_for(lambda: task_in(env.store, task_id, T.COMPLETED))
+        assert processor.attempts["d0002"] == 4
+        await assert_counts_exact(env.store, task_id)
+
+
+async def test_pause_holds_every_start_and_resume_finishes_exactly_the_rest(tmp_path):
+    processor = ScriptedProcessor(delay=0.01)
+    async with Embedded(tmp_path, processor, concurrency=4) as env:
+        task_id = await env.submit(300)
+        await wait_for(lambda: _started(processor, 40))
+        await env.control(task_id, "pause", request_id="p1")
+        paused = await wait_for(lambda: task_in(env.store, task_id, T.PAUSED))
+        started_at_pause = len(processor.started)
+        await asyncio.sleep(0.5)
+        assert len(processor.started) == started_at_pause
+        counts = await env.store.counts(task_id)
+        assert counts.running == 0
+        assert counts.completed == started_at_pause
+        assert paused.paused_at is not None
+
+        await env.control(task_id, "resume")
+        await wait_for(lambda: task_in(env.store, task_id, T.COMPLETED))
+        assert sorted(processor.started) == [f"d{i:04d}" for i in range(300)]
+        history = [h.to_state for h in await env.store.history(task_id)]
+        assert history[-4:] == [T.PAUSING, T.PAUSED, T.RUNNING, T.COMPLETED]
+        await assert_counts_exact(env.store, task_id)
+
+
+async def test_cancel_interrupts_in_flight_documents_and_keeps_completed(tmp_path):
+    processor = ScriptedProcessor(gate=asyncio.Event(), tokens=(5, 0))
+    async with Embedded(tmp_path, processor, concurrency=3) as env:
+        task_id = await env.submit(20)
+        await wait_for(lambda: _started(processor, 3))
+        await env.control(task_id, "cancel")
+        task = await wait_for(lambda: task_in(env.store, task_id, T.CANCELLED))
+        counts = await env.store.counts(task_id)
+        assert (counts.cancelled, counts.completed, counts.open) == (20, 0, 0)
+        assert task.tokens.prompt == 15
+        running_then = await env.store.page_documents(
+            task_id, state=D.CANCELLED, limit=3
+        )
+        assert [a.outcome for a in running_then[0].attempt_log] == ["cancelled"]
+        await assert_counts_exact(env.store, task_id)
+
+
+async def test_malformed_control_is_dead_lettered_and_supervisor_keeps_running(
+    tmp_path,
+):
+    async with Embedded(tmp_path, ScriptedProcessor()) as env:
+        await env.broker.publish_control(b'{"task_id": "x", "action": "explode"}')
+        await env.broker.publish_control(b"not json")
+        await env.control("nosuchtask", "pause")
+        await wait_for(lambda: _dead(env.broker, 3))
+        reasons = [reason for _, reason in env.broker.dead_letters()]
+        assert "action" in reasons[0]
+        assert "does not exist" in reasons[2]
+        task_id = await env.submit(5)
+        await wait_for(lambda: task_in(env.store, task_id, T.COMPLETED))
+
+
+async def test_legacy_mode_refuses_pause_and_fails_whole(tmp_path):
+    processor = ScriptedProcessor(permanent={"d0002"}, delay=0.01)
+    async with Embedded(tmp_path, processor, concurrency=1) as env:
+        task_id = await env.submit(30, use_checkpoints=False)
+        await wait_for(lambda: _started(processor, 1))
+        await env.control(task_id, "pause", request_id="legacy-pause")
+        task = await wait_for(lambda: task_in(env.store, task_id, T.FAILED))
+        assert "d0002" in task.reason
+        history = await env.store.history(task_id)
+        refused = [h for h in history if not h.accepted]
+        assert refused[0].request_id == "legacy-pause"
+        assert "cannot pause" in refused[0].reason
+        await wait_for(lambda: _quiet(env.store, task_id))
+        await assert_counts_exact(env.store, task_id)
+
+
+async def _started(processor, n):
+    return len(processor.started) >= n
+
+
+async def _dead(broker, n):
+    return len(broker.dead_letters()) >= n
+
+
+async def _quiet(store, task_id):
+    return (await store.counts(task_id)).open == 0
+
+
+async def _attempted(processor, doc_id, n):
+    return processor.attempts[doc_id] >= n
