@@ -19,6 +19,11 @@ meets an outage is retried (only the unconfirmed messages) until
 retried message may therefore arrive twice, which job handlers tolerate
 (invariant 2). Broadcasts sent while a subscriber is disconnected are lost to
 it: the store is the truth and a supervisor reconciles on reconnect.
+
+Every job-queue operation but :meth:`RabbitBroker.delete_jobs` declares the
+queue when it is missing, as the in-process broker does. Deleting a queue
+that another process still consumes makes aio-pika in that process redeclare
+it to restore its consumer: cancel consumers everywhere (the broadcast) first.
 """
 
 from __future__ import annotations
@@ -84,8 +89,10 @@ class RabbitDelivery:
     message), raises :class:`BrokerError` instead of aio-pika's own errors.
     """
 
-    def __init__(self, message: AbstractIncomingMessage) -> None:
+    def __init__(self, message: AbstractIncomingMessage, queue_name: str) -> None:
         self._message = message
+        self._queue_name = queue_name
+        self._settled = False
         self._headers: Mapping[str, Any] = dict(message.headers or {})
 
     @property
@@ -112,18 +119,22 @@ class RabbitDelivery:
         await self._settle("nack", lambda: self._message.nack(requeue=requeue))
 
     async def _settle(self, what: str, settle: Callable[[], Awaitable[None]]) -> None:
-        if self._message.processed:
+        # The flag is set before the first await, so two settlements racing
+        # from different tasks cannot both reach the channel (a second ack of
+        # one delivery tag would cost the whole channel).
+        if self._settled:
             raise BrokerError(
                 f"cannot {what} delivery {self._message.delivery_tag!r} of queue "
-                f"{self._message.routing_key!r}: it is already settled"
+                f"{self._queue_name!r}: it is already settled"
             )
+        self._settled = True
         try:
             await settle()
         except _SETTLE_ERRORS as err:
             raise BrokerError(
                 f"cannot {what} delivery {self._message.delivery_tag!r} of queue "
-                f"{self._message.routing_key!r}: its channel is closed and the "
-                "broker requeues the message"
+                f"{self._queue_name!r}: its channel is closed and the broker "
+                "requeues the message"
             ) from err
 
 
@@ -192,7 +203,7 @@ class RabbitSubscription:
         # The handler runs in a task of ours, not aiormq's: closing the
         # channel on cancel() must not cancel a handler mid-document.
         task = asyncio.get_running_loop().create_task(
-            self._run(RabbitDelivery(message))
+            self._run(RabbitDelivery(message, self._queue.name))
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -296,13 +307,13 @@ class RabbitBroker:
         """Cancel every consumer (the broker requeues what they held), end
         handlers still running, close the channels, then the connection."""
         subscriptions = list(self._subscriptions)
-        for subscription in subscriptions:
-            await subscription.cancel()
-        for subscription in subscriptions:
-            await subscription.abort_handlers()
+        # Concurrently: during an outage each cancel waits out its timeout.
+        await asyncio.gather(*(s.cancel() for s in subscriptions))
+        await asyncio.gather(*(s.abort_handlers() for s in subscriptions))
         if self._channel is not None:
-            with contextlib.suppress(*_TRANSIENT):
-                await self._channel.close()
+            with contextlib.suppress(*_TRANSIENT, TimeoutError):
+                async with asyncio.timeout(self.operation_timeout):
+                    await self._channel.close()
         if self._connection is not None:
             await self._connection.close()
         self._channel = self._fanout = self._connection = None
@@ -527,25 +538,40 @@ class RabbitBroker:
                 if isinstance(r, BaseException)
             ]
             pending = [m for m, _ in failed]
-            for _, error in failed:
-                if isinstance(error, aiormq.exceptions.PublishError):
-                    # Mandatory and unroutable: the queue was deleted under
-                    # us. Forget it, so that the next publish declares it.
-                    self._declared.discard(routing_key)
-                    raise BrokerError(
-                        f"RabbitMQ returned a message for {routing_key!r} as "
-                        "unroutable: the queue does not exist"
-                    ) from error
-                if isinstance(error, aiormq.exceptions.DeliveryError):
-                    raise BrokerError(
-                        f"RabbitMQ refused a message for {routing_key!r}: {error}"
-                    ) from error
             if failed:
-                raise failed[0][1]
+                raise self._publish_error(routing_key, [e for _, e in failed])
 
         await self._within_deadline(
             f"publish {len(messages)} message(s) to {routing_key!r}", publish_pending
         )
+
+    def _publish_error(
+        self, routing_key: str, errors: list[BaseException]
+    ) -> BaseException:
+        """Pick the error to raise for failed publishes: a refusal is final,
+        anything else is treated as transient and retried."""
+        for error in errors:
+            if isinstance(error, aiormq.exceptions.PublishError):
+                # Mandatory and unroutable: the queue was deleted under us.
+                # Forget it, so that the next publish declares it again.
+                self._declared.discard(routing_key)
+                refused = BrokerError(
+                    f"RabbitMQ returned a message for {routing_key!r} as "
+                    "unroutable: the queue does not exist"
+                )
+            elif isinstance(error, aiormq.exceptions.DeliveryError):
+                refused = BrokerError(
+                    f"RabbitMQ refused a message for {routing_key!r}: {error}"
+                )
+            else:
+                continue
+            refused.__cause__ = error
+            return refused
+        if isinstance(errors[0], Exception):
+            return errors[0]
+        # A confirm future cancelled by a closing channel is not our own
+        # cancellation: report it as a connection failure, to be retried.
+        return ConnectionError(f"publish to {routing_key!r} was interrupted")
 
     async def _within_deadline(
         self, what: str, operation: Callable[[], Awaitable[T]]

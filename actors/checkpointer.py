@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections import defaultdict
 
+from actors import failpoints
 from store.base import CheckpointStore
 from store.models import Outcome, SettleResult
 
@@ -81,6 +82,16 @@ class Checkpointer:
             await self._write(task_id, items)
 
     async def _write(self, task_id: str, items: list[Pending]) -> None:
+        if failpoints.armed("mid-group-write") and len(items) > 1:
+            # For fault tests only: write the group in two halves, so that a
+            # kill can land between them.
+            half = len(items) // 2
+            await self._write_group(task_id, items[:half])
+            failpoints.hit("mid-group-write")
+            items = items[half:]
+        await self._write_group(task_id, items)
+
+    async def _write_group(self, task_id: str, items: list[Pending]) -> None:
         try:
             results = await self.store.settle(task_id, [o for o, _ in items])
         except Exception as err:

@@ -79,9 +79,14 @@ def control_message_schema() -> dict[str, Any]:
 
 
 class DocumentJob(BaseModel):
-    """Work for a worker: some documents of one task, by id only."""
+    """Work for a worker: some documents of one task, by id only.
+
+    ``suspect`` marks a document whose last attempt was lost with its worker:
+    it may be the one that killed the worker, so it runs alone.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     task_id: str = Field(pattern=TASK_ID_PATTERN)
     doc_ids: tuple[str, ...] = Field(min_length=1, max_length=MAX_JOB_DOCUMENTS)
+    suspect: bool = False

@@ -34,15 +34,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from actors import failpoints
 from actors.broker import Broker, Delivery, Subscription
 from actors.checkpointer import Checkpointer
 from actors.control import apply_control
 from actors.core import Actor, ChildSpec, RestartLimitReached, Supervision
+from actors.errors import BrokerError
 from actors.messages import ControlMessage, DocumentJob
 from actors.processors import Processor, load_processor
 from actors.worker import DocumentWorker, Finished, WorkItem, released
 from store.base import CheckpointStore
-from store.errors import TaskNotFound, TransitionRefused
+from store.errors import StoreError, TaskNotFound, TransitionRefused
 from store.models import Claim, Outcome, Task
 from store.states import DocumentState, TaskState
 
@@ -91,6 +93,7 @@ class TaskRun:
     inflight: dict[str, tuple[DocumentWorker, Claim]] = field(default_factory=dict)
     subscription: Subscription | None = None
     room: asyncio.Event = field(default_factory=asyncio.Event)
+    suspects: set[str] = field(default_factory=set)
     stalled_sweeps: int = 0
 
     @property
@@ -166,6 +169,9 @@ class Supervisor(Actor):
         self._rr = 0
         self._quiet = asyncio.Event()
         self._stopping = False
+        # Set while no suspect document is claimed here (see _pump).
+        self._isolation = asyncio.Event()
+        self._isolation.set()
         self.started_documents = 0
 
     # Lifecycle
@@ -412,9 +418,14 @@ class Supervisor(Actor):
         if run.task.state in ENDED_STATES and not run.inflight:
             self.runs.pop(run.task_id, None)
 
-    async def _release_ready(self, run: TaskRun, as_state: DocumentState) -> None:
-        claims = list(run.ready)
-        run.ready.clear()
+    async def _release_ready(
+        self, run: TaskRun, as_state: DocumentState, *, keep: set[str] | None = None
+    ) -> None:
+        kept = [c for c in run.ready if keep and c.doc_id in keep]
+        claims = [c for c in run.ready if not (keep and c.doc_id in keep)]
+        run.ready = deque(kept)
+        run.suspects -= {c.doc_id for c in claims}
+        self._check_isolation()
         run.room.set()
         if not claims:
             return
@@ -448,33 +459,70 @@ class Supervisor(Actor):
     # Jobs and dispatch
 
     async def _on_job(self, run: TaskRun, delivery: Delivery) -> None:
-        if not run.is_open:
-            await delivery.nack(requeue=True)
-            return
         try:
             job = DocumentJob.model_validate_json(delivery.body)
         except ValidationError as err:
             logger.error("unreadable job dropped task_id=%s: %s", run.task_id, err)
             await delivery.ack()
             return
-        while not run.has_room():
-            run.room.clear()
-            await run.room.wait()
-        claims = await self.store.claim(
-            run.task_id,
-            self.config.owner,
-            doc_ids=job.doc_ids,
-            limit=len(job.doc_ids),
-            lease_seconds=self.config.lease_seconds,
-        )
+        await self._wait_to_claim(run, job)
+        if not run.is_open or run.subscription is None:
+            # Paused or cancelled meanwhile: the job goes back to its queue (a
+            # cancelled subscription has already requeued it).
+            with contextlib.suppress(BrokerError):
+                await delivery.nack(requeue=True)
+            return
+        try:
+            claims = await self.store.claim(
+                run.task_id,
+                self.config.owner,
+                doc_ids=job.doc_ids,
+                limit=len(job.doc_ids),
+                lease_seconds=self.config.lease_seconds,
+            )
+        except StoreError as err:
+            # Nothing was claimed that we know of: the job goes back to its
+            # queue (a claim that did land is reclaimed when its lease ends).
+            logger.warning("claim failed task_id=%s: %s", run.task_id, err)
+            await asyncio.sleep(0.5)
+            with contextlib.suppress(BrokerError):
+                await delivery.nack(requeue=True)
+            return
+        failpoints.hit("after-claim")
         # The claims are durable: from here the leases carry the work, so the
         # message may go. Ids that were not claimable (completed, or running
         # elsewhere) are skipped: a redelivered job does nothing twice.
-        await delivery.ack()
+        with contextlib.suppress(BrokerError):
+            await delivery.ack()
+        if job.suspect:
+            run.suspects.update(c.doc_id for c in claims)
+            self._check_isolation()
+            await self._release_unstarted()
         if claims:
-            await self._admit(run, claims)
+            await self._admit(run, claims, suspect=job.suspect)
 
-    async def _admit(self, run: TaskRun, claims: list[Claim]) -> None:
+    async def _wait_to_claim(self, run: TaskRun, job: DocumentJob) -> None:
+        """Wait for room in the task's buffer, and out of any isolation."""
+        while run.is_open and not run.has_room():
+            run.room.clear()
+            await run.room.wait()
+        while not self._isolation.is_set():
+            await self._isolation.wait()
+        if job.suspect:
+            # Reserve the isolation before claiming (no await in between):
+            # one suspect at a time is claimed here, so a crash charges one.
+            self._isolation.clear()
+
+    async def _release_unstarted(self) -> None:
+        # A suspect is about to run alone: claims that have not started are
+        # given back (attempt refunded) so that if it kills the process again,
+        # they are not charged for it.
+        for run in list(self.runs.values()):
+            await self._release_ready(run, DocumentState.PENDING, keep=run.suspects)
+
+    async def _admit(
+        self, run: TaskRun, claims: list[Claim], *, suspect: bool = False
+    ) -> None:
         # Read the task after claiming: a pause that landed before the claim is
         # seen here, and one that lands after it finds the claims running and
         # waits for them, so no document starts once the task reports paused.
@@ -485,12 +533,21 @@ class Supervisor(Actor):
             await self._close(run)
             return
         run.ready.extend(claims)
+        if not suspect and not self._isolation.is_set():
+            # Claimed while a suspect took the process: give them back.
+            await self._release_unstarted()
         self._pump()
 
     def _pump(self) -> None:
-        """Give ready documents to idle workers, taking tasks in turn."""
+        """Give ready documents to idle workers, taking tasks in turn.
+
+        A suspect document (its last attempt died with its worker) runs alone:
+        while one is claimed, nothing new is claimed or started beside it, so
+        that if it kills the process again it is the only one charged for it.
+        """
         while self.idle:
-            run = self._next_run()
+            isolated = not self._isolation.is_set()
+            run = self._next_suspect() if isolated else self._next_run()
             if run is None:
                 return
             claim = run.ready.popleft()
@@ -499,6 +556,24 @@ class Supervisor(Actor):
             worker = self.idle.popleft()
             run.inflight[claim.doc_id] = (worker, claim)
             worker.tell(WorkItem(run.task, claim, run.processor))
+
+    def _next_suspect(self) -> TaskRun | None:
+        if self._inflight_total():
+            return None
+        for run in self.runs.values():
+            if not run.is_open:
+                continue
+            for claim in run.ready:
+                if claim.doc_id in run.suspects:
+                    # Bring it to the front, where _pump takes from.
+                    run.ready.remove(claim)
+                    run.ready.appendleft(claim)
+                    return run
+        return None
+
+    def _check_isolation(self) -> None:
+        if not any(r.suspects for r in self.runs.values()):
+            self._isolation.set()
 
     def _next_run(self) -> TaskRun | None:
         runs = [
@@ -521,6 +596,9 @@ class Supervisor(Actor):
         run = self.runs.get(task_id)
         if run is not None:
             run.inflight.pop(doc_id, None)
+            if doc_id in run.suspects:
+                run.suspects.discard(doc_id)
+                self._check_isolation()
         self.idle.append(finished.worker)
         outcome = finished.outcome
         if outcome is not None and finished.written:
@@ -552,13 +630,19 @@ class Supervisor(Actor):
 
     # Publishing
 
-    def _publish(self, task_id: str, doc_ids: Sequence[str]) -> None:
-        self._spawn(self._publish_now(task_id, doc_ids))
+    def _publish(
+        self, task_id: str, doc_ids: Sequence[str], *, suspect: bool = False
+    ) -> None:
+        self._spawn(self._publish_now(task_id, doc_ids, suspect=suspect))
 
-    async def _publish_now(self, task_id: str, doc_ids: Sequence[str]) -> None:
-        size = self.config.job_size
+    async def _publish_now(
+        self, task_id: str, doc_ids: Sequence[str], *, suspect: bool = False
+    ) -> None:
+        size = 1 if suspect else self.config.job_size
         bodies = [
-            DocumentJob(task_id=task_id, doc_ids=tuple(doc_ids[i : i + size]))
+            DocumentJob(
+                task_id=task_id, doc_ids=tuple(doc_ids[i : i + size]), suspect=suspect
+            )
             .model_dump_json()
             .encode()
             for i in range(0, len(doc_ids), size)
@@ -617,7 +701,7 @@ class Supervisor(Actor):
             task.task_id, max_attempts=task.config.max_attempts
         )
         if report.released:
-            self._publish(task.task_id, report.released)
+            self._publish(task.task_id, report.released, suspect=True)
         if task.state is T.RUNNING:
             if task.task_id not in self.runs:
                 await self._on_state(task.task_id, task)
@@ -704,6 +788,7 @@ class Supervisor(Actor):
                     run.task_id, held, lease_seconds=self.config.lease_seconds
                 )
             )
+            failpoints.hit("lease-extension")
             self._drop_lost(run, [doc_id for doc_id, _ in held if doc_id not in kept])
 
     def _drop_lost(self, run: TaskRun, lost: Iterable[str]) -> None:

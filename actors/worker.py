@@ -17,12 +17,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from actors import failpoints
 from actors.checkpointer import Checkpointer
 from actors.core import Actor
 from actors.processors.base import Processor, ProcessorContext
 from store.base import CheckpointStore
-from store.errors import StaleFence
-from store.models import Claim, DocumentError, Outcome, Task, TokenUsage, utcnow
+from store.errors import StaleFence, StoreError
+from store.models import (
+    Claim,
+    DocumentError,
+    Outcome,
+    SettleResult,
+    Task,
+    TokenUsage,
+    utcnow,
+)
 from store.states import DocumentState
 
 logger = logging.getLogger(__name__)
@@ -183,7 +192,10 @@ class DocumentWorker(Actor):
     async def _checkpoint(self, item: WorkItem, outcome: Outcome | None) -> bool:
         if outcome is None:
             return False
-        result = await self.checkpointer.submit(item.task.task_id, outcome)
+        result = await self._submit(item, outcome)
+        if result is None:
+            return False
+        failpoints.hit("after-checkpoint")
         if result == "stale":
             logger.warning(
                 "outcome refused, another worker holds the document task_id=%s "
@@ -193,6 +205,35 @@ class DocumentWorker(Actor):
                 item.claim.fence,
             )
         return result != "stale"
+
+    async def _submit(self, item: WorkItem, outcome: Outcome) -> SettleResult | None:
+        """Write the outcome, trying again while the store is out of reach.
+
+        Past the lease there is no point: the document will be reclaimed and
+        run again, and this outcome would be refused as stale anyway.
+        """
+        delay, deadline = 0.05, item.claim.lease_expires_at
+        while True:
+            try:
+                return await self.checkpointer.submit(item.task.task_id, outcome)
+            except StoreError as err:
+                if utcnow() + timedelta(seconds=delay) >= deadline:
+                    logger.error(
+                        "outcome not written before the lease ended task_id=%s "
+                        "doc_id=%s: %s",
+                        item.task.task_id,
+                        item.claim.doc_id,
+                        err,
+                    )
+                    return None
+                logger.warning(
+                    "checkpoint write failed, trying again task_id=%s doc_id=%s: %s",
+                    item.task.task_id,
+                    item.claim.doc_id,
+                    err,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
 
 def released(claim: Claim) -> Outcome:

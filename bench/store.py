@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +54,7 @@ import bson
 from pymongo import monitoring
 
 from bench.blob import BlobStore
+from store.base import Documents
 from store.models import Claim, DocumentInput, NewTask, Outcome, SettleResult
 from store.sqlite import SYNCHRONOUS_MODES, SQLiteStore
 from store.states import DocumentState
@@ -91,24 +92,36 @@ NOT_ROUND_TRIPS = frozenset(
         "authenticate",
     }
 )
-MONGO_MAX_DOCS = 500
+MONGO_MAX_DOCS = 500  # mongoeco slows down as a collection grows
+MONGO_WARMUP = 5
+TARGET_PLAIN = 3.0  # round trips per document, at most
+TARGET_BATCHED = 0.1
 
 
 class BenchStore(Protocol):
-    """The part of a checkpoint store that the SQLite bench drives."""
+    """The part of a checkpoint store that the benches drive."""
 
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-    async def create_task(self, new: NewTask, documents: Any) -> Any: ...
-    async def claim(
-        self, task_id: str, owner: str, *, limit: int = 1, lease_seconds: float
-    ) -> list[Claim]: ...
-    async def settle(
+    def start(self) -> Awaitable[None]: ...
+    def stop(self) -> Awaitable[None]: ...
+    def create_task(
+        self, new: NewTask, documents: Documents, *, batch_size: int = ...
+    ) -> Awaitable[object]: ...
+    def claim(
+        self, task_id: str, owner: str, *, limit: int = ..., lease_seconds: float
+    ) -> Awaitable[list[Claim]]: ...
+    def settle(
         self, task_id: str, outcomes: Sequence[Outcome]
-    ) -> list[SettleResult]: ...
+    ) -> Awaitable[list[SettleResult]]: ...
 
 
-DESIGNS: dict[str, type[BenchStore]] = {"ours": SQLiteStore, "blob": BlobStore}
+DESIGNS = ("ours", "blob")
+
+
+def open_design(design: str, path: Path, synchronous: str) -> BenchStore:
+    """Return an unstarted store of ``design`` on the file ``path``."""
+    if design == "ours":
+        return SQLiteStore(path, synchronous=synchronous)
+    return BlobStore(path, synchronous=synchronous)
 
 
 class BenchFailure(Exception):
@@ -212,7 +225,7 @@ async def make_template(
     design: str, path: Path, size: int, start: int, synchronous: str
 ) -> None:
     """Create the task with ``size`` documents and complete ``start`` of them."""
-    store = DESIGNS[design](path, synchronous=synchronous)  # type: ignore[call-arg]
+    store = open_design(design, path, synchronous)
     await store.start()
     try:
         new = NewTask(tenant="bench", type="noop", task_id=TASK_ID)
@@ -238,7 +251,7 @@ async def time_run(design: str, template: Path, series: Series, sync: str) -> fl
     # Without this, the copy's dirty pages would be written by the first WAL
     # checkpoint inside the timed loop, and charged to the larger tasks.
     fsync_file(path)
-    store = DESIGNS[design](path, synchronous=sync)  # type: ignore[call-arg]
+    store = open_design(design, path, sync)
     await store.start()
     try:
         await checkpoint(store, series.warmup)
@@ -428,8 +441,8 @@ async def measure_path(
     )
 
 
-async def mongo_paths(url: str, args: argparse.Namespace) -> list[PathCost]:
-    """Open a MongoStore on ``url`` and count both checkpoint paths.
+def mongo_store_class() -> Callable[..., BenchStore]:
+    """Return ``store.mongo.MongoStore``.
 
     Raises:
         BenchFailure: store/mongo.py is missing or does not import.
@@ -438,23 +451,42 @@ async def mongo_paths(url: str, args: argparse.Namespace) -> list[PathCost]:
         from store.mongo import MongoStore
     except Exception as err:
         raise BenchFailure(f"store/mongo.py is not usable: {err!r}") from err
+    return MongoStore
+
+
+async def mongo_paths(
+    mongo_store: Callable[..., BenchStore], url: str, args: argparse.Namespace
+) -> list[PathCost]:
+    """Open a MongoStore on ``url`` and count both checkpoint paths."""
     counter = CommandCounter()
     options = {"event_listeners": [counter], **MONGO_OPTIONS}
     database = f"bench_{uuid.uuid4().hex[:12]}"
-    store = MongoStore(url, database, client_options=options)
+    store = mongo_store(url, database, client_options=options)
     await store.start()
     try:
-        size = 5 + args.mongo_plain + args.mongo_batch * args.mongo_batches
         new = NewTask(tenant="bench", type="noop", task_id=TASK_ID)
-        await store.create_task(new, documents(size))
-        await checkpoint(store, 5)
-        plain = await measure_path(store, counter, "plain", 1, args.mongo_plain, 3.0)
+        await store.create_task(new, documents(mongo_task_size(args)))
+        await checkpoint(store, MONGO_WARMUP)
+        plain = await measure_path(
+            store, counter, "plain", 1, args.mongo_plain, TARGET_PLAIN
+        )
         batched = await measure_path(
-            store, counter, "batched", args.mongo_batch, args.mongo_batches, 0.1
+            store,
+            counter,
+            "batched",
+            args.mongo_batch,
+            args.mongo_batches,
+            TARGET_BATCHED,
         )
     finally:
         await store.stop()
     return [plain, batched]
+
+
+def mongo_task_size(args: argparse.Namespace) -> int:
+    """Return the documents of the MongoDB task: warm-up, plain and batched."""
+    plain, batch, batches = args.mongo_plain, args.mongo_batch, args.mongo_batches
+    return MONGO_WARMUP + int(plain) + int(batch) * int(batches)
 
 
 def drain(server: MongoEcoServer, tail: deque[str]) -> None:
@@ -475,18 +507,20 @@ def mongo_bench(args: argparse.Namespace) -> list[PathCost]:
     Raises:
         BenchFailure: the server, the store or a measurement failed.
     """
+    mongo_store = mongo_store_class()
     server = MongoEcoServer()
     tail: deque[str] = deque(maxlen=20)
     try:
         server.start()
         threading.Thread(target=drain, args=(server, tail), daemon=True).start()
         progress(f"mongoeco listening at {server.url}")
-        return asyncio.run(mongo_paths(server.url, args))
+        return asyncio.run(mongo_paths(mongo_store, server.url, args))
     except BenchFailure:
         raise
     except Exception as err:
-        output = "\n".join(tail)
-        raise BenchFailure(f"{err!r}\nlast server output:\n{output}") from err
+        output = "".join(f"\n  {line}" for line in tail)
+        detail = f"; the server's last output:{output}" if output else ""
+        raise BenchFailure(f"{err!r}{detail}") from err
     finally:
         server.stop()
 
@@ -566,7 +600,7 @@ def print_ratios(ratios: dict[str, Any]) -> None:
 
 def print_mongo(paths: list[PathCost], args: argparse.Namespace) -> None:
     """Print the MongoDB round trips and bytes per document."""
-    size = 5 + args.mongo_plain + args.mongo_batch * args.mongo_batches
+    size = mongo_task_size(args)
     print(
         f"\nMongoDB (mongoeco, a task of {size} no-op documents): commands sent per"
         " document,\nhandshakes, pings and lease extensions not counted\n"
@@ -653,7 +687,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--mongo-batch", type=int, default=100, help="claim limit on the batched path")
     add("--mongo-batches", type=int, default=2, help="batches on the batched path")
     args = parser.parse_args(argv)
-    mongo_docs = 5 + args.mongo_plain + args.mongo_batch * args.mongo_batches
+    mongo_docs = mongo_task_size(args)
     if args.runs < 1 or args.docs < 1:
         parser.error("--runs and --docs must be at least 1")
     if not args.skip_mongo and mongo_docs > MONGO_MAX_DOCS:

@@ -33,8 +33,24 @@ class Settings(BaseSettings):
     )
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(8080, ge=0, le=65535)
+    broker_prefix: str = Field(
+        "taskpoint",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="prefix of every queue and exchange name",
+    )
     worker_concurrency: int = Field(8, ge=1, le=4096)
     lease_seconds: float = Field(60.0, gt=0, description="lease of a claimed document")
+    job_size: int = Field(50, ge=1, le=1000, description="document ids per job message")
+    sweep_interval: float = Field(1.0, gt=0, description="seconds between sweeps")
+    document_time_limit: float = Field(
+        3600.0, gt=0, description="longest single attempt at a document, seconds"
+    )
+    drain_timeout: float = Field(
+        30.0, ge=0, description="on shutdown, how long in-flight documents may finish"
+    )
+    failpoints: str = Field(
+        "", description="for fault tests only: see actors/failpoints.py"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 

@@ -10,8 +10,8 @@ Collections:
 - ``meta``: the schema version, ``{_id: "schema", version: N}``.
 - ``tasks``: one record per task with its stored counters (``settled``,
   ``tokens``), a ``version`` and its ``history`` array, so that a transition and
-  its history entry are one atomic ``findAndModify``. Normal reads leave the
-  history out.
+  its history entry are one atomic ``findAndModify``; an entry's ``seq`` is the
+  version it produced (creation is entry 1). Normal reads leave the history out.
 - ``documents``: one checkpoint per document, ``_id = "<task_id>:<doc_id>"``
   (task ids never contain ``:``).
 - ``contents``: the text or URI of each document, written once at creation.
@@ -26,6 +26,11 @@ them short, and :meth:`MongoStore.recount` repairs them from the documents.
 Attempt records are appended with an update pipeline (``$concatArrays``) rather
 than ``$push``, because the record copies the attempt number, owner and start
 time out of the document being settled, which only a pipeline can read.
+
+Times are stored as fixed-width UTC ISO-8601 strings with microseconds, not BSON
+dates: BSON keeps milliseconds only, and the Protocol hands back the caller's
+instants exactly (``next_attempt_at``, lease ends). Fixed width keeps string
+order equal to time order, so range filters and indexes behave as on dates.
 """
 
 from __future__ import annotations
@@ -167,6 +172,11 @@ def _doc_key(task_id: str, doc_id: str) -> str:
     return f"{task_id}:{doc_id}"
 
 
+def _won(current: Mapping[str, Doc] | None, key: str, field: str, mark: str) -> bool:
+    """Tell whether a marked write took effect (None: every write matched)."""
+    return current is None or current.get(key, {}).get(field) == mark
+
+
 def _lit(value: Any) -> Doc:
     """Wrap a value so that an update pipeline never reads it as a field path."""
     return {"$literal": value}
@@ -186,28 +196,45 @@ def _transition_from(entry: Mapping[str, Any]) -> Transition:
     return Transition(**entry)
 
 
-def _settle_pipeline(outcome: Outcome, mark: str, now: datetime) -> list[Doc]:
-    """Return the update pipeline that writes one outcome and its attempt record.
+def _append_attempt(
+    outcome: AttemptOutcome,
+    now: datetime,
+    tokens: Mapping[str, int],
+    error: Mapping[str, Any] | None,
+) -> Doc:
+    """Return the expression that appends the ending attempt's record.
 
     Expressions in one ``$set`` stage read the document as it was before the
-    stage, so the record copies the attempt number, owner and start time of the
-    attempt that is ending, even though the same stage clears the lease.
+    stage, so the record copies the attempt number, fence, owner and start
+    time of the attempt that is ending, although the same stage clears the
+    lease and may refund the attempt.
     """
-    state = outcome.state
-    stamp = _ts(now)
-    retry_at = outcome.next_attempt_at if state is D.RETRY_WAIT else None
-    error = outcome.error.model_dump() if outcome.error else None
-    tokens = outcome.tokens.model_dump()
     record = {
         "attempt": "$attempts",
-        "fence": _lit(outcome.fence),
+        "fence": "$fence",
         "owner": "$lease_owner",
         "started_at": "$started_at",
         "finished_at": _lit(_ts(now)),
-        "outcome": _lit(ATTEMPT_OUTCOMES[state]),
-        "tokens": _lit(tokens),
-        "error": _lit(error),
+        "outcome": _lit(outcome),
+        "tokens": _lit(dict(tokens)),
+        "error": _lit(None if error is None else dict(error)),
     }
+    return {"$concatArrays": [{"$ifNull": ["$attempt_log", []]}, [record]]}
+
+
+def _add_tokens(tokens: Mapping[str, int]) -> Doc:
+    return {
+        f"tokens.{part}": {"$add": [{"$ifNull": [f"$tokens.{part}", 0]}, value]}
+        for part, value in tokens.items()
+    }
+
+
+def _settle_pipeline(outcome: Outcome, mark: str, now: datetime) -> list[Doc]:
+    """Return the update pipeline that writes one outcome and its attempt record."""
+    state = outcome.state
+    retry_at = outcome.next_attempt_at if state is D.RETRY_WAIT else None
+    error = outcome.error.model_dump() if outcome.error else None
+    tokens = outcome.tokens.model_dump()
     fields: Doc = {
         "state": _lit(state.value),
         "settle_mark": _lit(mark),
@@ -215,15 +242,10 @@ def _settle_pipeline(outcome: Outcome, mark: str, now: datetime) -> list[Doc]:
         "lease_expires_at": None,
         "next_attempt_at": _lit(retry_at and _ts(retry_at)),
         "error": _lit(error),
-        "finished_at": _lit(stamp if state in SETTLED_DOCUMENT_STATES else None),
-        "updated_at": _lit(stamp),
-        "tokens.prompt": {
-            "$add": [{"$ifNull": ["$tokens.prompt", 0]}, tokens["prompt"]]
-        },
-        "tokens.completion": {
-            "$add": [{"$ifNull": ["$tokens.completion", 0]}, tokens["completion"]]
-        },
-        "attempt_log": {"$concatArrays": [{"$ifNull": ["$attempt_log", []]}, [record]]},
+        "finished_at": _lit(_ts(now) if state in SETTLED_DOCUMENT_STATES else None),
+        "updated_at": _lit(_ts(now)),
+        "attempt_log": _append_attempt(ATTEMPT_OUTCOMES[state], now, tokens, error),
+        **_add_tokens(tokens),
     }
     if state is D.PENDING:
         # An interrupted attempt is given back: it was not the document's fault.
@@ -234,24 +256,19 @@ def _settle_pipeline(outcome: Outcome, mark: str, now: datetime) -> list[Doc]:
 
 
 def _reclaim_pipeline(fail: bool, mark: str, now: datetime) -> list[Doc]:
-    """Return the pipeline that ends an expired lease: failed, or back to pending."""
-    record = {
-        "attempt": "$attempts",
-        "fence": "$fence",
-        "owner": "$lease_owner",
-        "started_at": "$started_at",
-        "finished_at": _lit(_ts(now)),
-        "outcome": _lit("lost"),
-        "tokens": _lit({"prompt": 0, "completion": 0}),
-        "error": _lit(WORKER_LOST),
-    }
+    """Return the pipeline that ends an expired lease: failed, or back to pending.
+
+    The attempt is not refunded: a document whose worker keeps dying must run
+    out of attempts instead of blocking its task forever.
+    """
+    no_tokens = {"prompt": 0, "completion": 0}
     fields: Doc = {
         "state": _lit(D.FAILED.value if fail else D.PENDING.value),
         "reclaim_mark": _lit(mark),
         "lease_owner": None,
         "lease_expires_at": None,
         "updated_at": _lit(_ts(now)),
-        "attempt_log": {"$concatArrays": [{"$ifNull": ["$attempt_log", []]}, [record]]},
+        "attempt_log": _append_attempt("lost", now, no_tokens, WORKER_LOST),
     }
     if fail:
         fields["error"] = _lit(WORKER_LOST)
@@ -270,6 +287,26 @@ def _counter_inc(accepted: Iterable[Outcome]) -> Doc:
             if value:
                 inc[f"tokens.{part}"] = inc.get(f"tokens.{part}", 0) + value
     return inc
+
+
+def _counts_of(task: Task, open_counts: Mapping[str, int]) -> TaskCounts:
+    """Combine a task's stored counters with the counted open documents.
+
+    Pending is not stored: it is what remains of the total.
+    """
+    running = open_counts.get(D.RUNNING.value, 0)
+    waiting = open_counts.get(D.RETRY_WAIT.value, 0)
+    settled = task.settled
+    finished = settled.completed + settled.failed + settled.cancelled
+    return TaskCounts(
+        total=task.total_documents,
+        pending=max(task.total_documents - running - waiting - finished, 0),
+        running=running,
+        retry_wait=waiting,
+        completed=settled.completed,
+        failed=settled.failed,
+        cancelled=settled.cancelled,
+    )
 
 
 class MongoStore:
@@ -587,31 +624,23 @@ class MongoStore:
         """
         target = TaskState(target)
         moment = _now(now)
-        allowed = task_sources(target)
-        if expected is not None:
-            allowed &= {TaskState(s) for s in expected}
+        wanted = None if expected is None else frozenset(map(TaskState, expected))
+        allowed = task_sources(target) & (wanted or frozenset(TaskState))
         while True:
             task = await self._read_task(task_id)
-            self._check_allowed(task, target, allowed, expected)
+            if wanted is not None and task.state not in wanted:
+                names = ", ".join(sorted(s.value for s in wanted))
+                why = f"expected one of {names}"
+                raise TransitionRefused(task_id, task.state, target, why)
+            check_task_transition(task_id, task.state, target)
+            update = self._transition_update(task, target, moment, reason, request_id)
             updated = await self._tasks.find_one_and_update(
                 {
                     "_id": task_id,
                     "version": task.version,
                     "state": {"$in": [s.value for s in allowed]},
                 },
-                {
-                    "$set": {
-                        "state": target.value,
-                        "updated_at": _ts(moment),
-                        **_stored(transition_fields(task, target, reason, moment)),
-                    },
-                    "$inc": {"version": 1},
-                    "$push": {
-                        "history": self._history_entry(
-                            task, target, moment, reason, request_id
-                        )
-                    },
-                },
+                update,
                 projection=NO_HISTORY,
                 return_document=ReturnDocument.AFTER,
             )
@@ -627,18 +656,23 @@ class MongoStore:
             # Someone else moved the task since the read: re-check from scratch.
             logger.debug("task version moved, retrying task_id=%s", task_id)
 
-    @staticmethod
-    def _check_allowed(
+    def _transition_update(
+        self,
         task: Task,
         target: TaskState,
-        allowed: frozenset[TaskState] | set[TaskState],
-        expected: Iterable[TaskState] | None,
-    ) -> None:
-        if expected is not None and task.state not in allowed:
-            names = ", ".join(sorted(TaskState(s).value for s in expected))
-            why = f"expected one of {names}"
-            raise TransitionRefused(task.task_id, task.state, target, why)
-        check_task_transition(task.task_id, task.state, target)
+        now: datetime,
+        reason: str | None,
+        request_id: str | None,
+    ) -> Doc:
+        """Return the update that moves ``task`` and appends its history entry."""
+        fields = transition_fields(task, target, reason, now)
+        return {
+            "$set": {"state": target.value, "updated_at": _ts(now), **_stored(fields)},
+            "$inc": {"version": 1},
+            "$push": {
+                "history": self._history_entry(task, target, now, reason, request_id)
+            },
+        }
 
     @staticmethod
     def _history_entry(
@@ -746,33 +780,14 @@ class MongoStore:
                 {
                     "$match": {
                         "task_id": task_id,
-                        "state": {"$in": ["running", "retry_wait"]},
+                        "state": {"$in": [D.RUNNING.value, D.RETRY_WAIT.value]},
                     }
                 },
                 {"$group": {"_id": "$state", "n": {"$sum": 1}}},
             ]
         )
         open_counts = {row["_id"]: int(row["n"]) async for row in cursor}
-        running = open_counts.get(D.RUNNING.value, 0)
-        waiting = open_counts.get(D.RETRY_WAIT.value, 0)
-        settled = task.settled
-        pending = (
-            task.total_documents
-            - running
-            - waiting
-            - settled.completed
-            - settled.failed
-            - settled.cancelled
-        )
-        return TaskCounts(
-            total=task.total_documents,
-            pending=max(pending, 0),
-            running=running,
-            retry_wait=waiting,
-            completed=settled.completed,
-            failed=settled.failed,
-            cancelled=settled.cancelled,
-        )
+        return _counts_of(task, open_counts)
 
     @_driver_errors
     async def recount(self, task_id: str) -> TaskCounts:
@@ -819,8 +834,8 @@ class MongoStore:
     # Documents on the work path
 
     @staticmethod
-    def _claimable(task_id: str, now: datetime) -> Doc:
-        return {
+    def _claimable(task_id: str, now: datetime, doc_ids: Sequence[str] | None) -> Doc:
+        query: Doc = {
             "task_id": task_id,
             "state": {"$in": OPEN_STATES},
             "$or": [
@@ -828,6 +843,9 @@ class MongoStore:
                 {"next_attempt_at": {"$lte": _ts(now)}},
             ],
         }
+        if doc_ids is not None:
+            query["_id"] = {"$in": [_doc_key(task_id, d) for d in doc_ids]}
+        return query
 
     @staticmethod
     def _claim_update(owner: str, expires: datetime, now: datetime) -> Doc:
@@ -852,28 +870,31 @@ class MongoStore:
         owner: str,
         *,
         limit: int = 1,
+        doc_ids: Sequence[str] | None = None,
         lease_seconds: float,
         now: datetime | None = None,
     ) -> list[Claim]:
         """Lease up to ``limit`` claimable documents of a task to ``owner``.
 
-        One document costs one ``findAndModify``; more cost one find of
-        candidates and one fenced bulk write (plus one find when another
-        claimer won some of them). The task's record is not touched.
+        With ``doc_ids``, only among those; the others are skipped. One
+        document costs one ``findAndModify``; more cost one find of candidates
+        and one fenced bulk write (plus one find when another claimer won some
+        of them). The task's record is not touched.
         """
-        if limit <= 0:
+        if limit <= 0 or (doc_ids is not None and not doc_ids):
             return []
         moment = _now(now)
         expires = moment + timedelta(seconds=lease_seconds)
+        query = self._claimable(task_id, moment, doc_ids)
         if limit == 1:
-            return await self._claim_one(task_id, owner, expires, moment)
-        return await self._claim_many(task_id, owner, limit, expires, moment)
+            return await self._claim_one(query, owner, expires, moment)
+        return await self._claim_many(query, owner, limit, expires, moment)
 
     async def _claim_one(
-        self, task_id: str, owner: str, expires: datetime, now: datetime
+        self, query: Doc, owner: str, expires: datetime, now: datetime
     ) -> list[Claim]:
         doc = await self._documents.find_one_and_update(
-            self._claimable(task_id, now),
+            query,
             self._claim_update(owner, expires, now),
             sort=[("state", DESCENDING), ("seq", ASCENDING)],
             projection={"doc_id": 1, "fence": 1, "attempts": 1},
@@ -891,12 +912,10 @@ class MongoStore:
         ]
 
     async def _claim_many(
-        self, task_id: str, owner: str, limit: int, expires: datetime, now: datetime
+        self, query: Doc, owner: str, limit: int, expires: datetime, now: datetime
     ) -> list[Claim]:
         cursor = (
-            self._documents.find(
-                self._claimable(task_id, now), {"doc_id": 1, "fence": 1, "attempts": 1}
-            )
+            self._documents.find(query, {"doc_id": 1, "fence": 1, "attempts": 1})
             .sort([("state", DESCENDING), ("seq", ASCENDING)])
             .limit(limit)
         )
@@ -914,22 +933,17 @@ class MongoStore:
             for i, c in enumerate(candidates)
         ]
         current = await self._write_marked(ops, "claim_mark")
-        claims = []
-        for i, c in enumerate(candidates):
-            if (
-                current is not None
-                and current.get(c["_id"], {}).get("claim_mark") != f"{mark}:{i}"
-            ):
-                continue
-            claims.append(
-                Claim(
-                    doc_id=c["doc_id"],
-                    fence=c["fence"] + 1,
-                    attempt=c["attempts"] + 1,
-                    lease_expires_at=expires,
-                )
+        # A won write added one to the fence and the attempts that were read.
+        return [
+            Claim(
+                doc_id=c["doc_id"],
+                fence=c["fence"] + 1,
+                attempt=c["attempts"] + 1,
+                lease_expires_at=expires,
             )
-        return claims
+            for i, c in enumerate(candidates)
+            if _won(current, c["_id"], "claim_mark", f"{mark}:{i}")
+        ]
 
     async def _write_marked(
         self, ops: Sequence[tuple[Doc, Doc | list[Doc]]], mark_field: str
@@ -977,31 +991,25 @@ class MongoStore:
             return []
         moment = _now(now)
         expires = moment + timedelta(seconds=lease_seconds)
-        mark = uuid.uuid4().hex
+        marks = [f"{uuid.uuid4().hex}:{i}" for i in range(len(leases))]
         ops = [
             (
-                {
-                    "_id": _doc_key(task_id, doc_id),
-                    "fence": fence,
-                    "state": D.RUNNING.value,
-                },
+                {"_id": _doc_key(task_id, d), "fence": f, "state": D.RUNNING.value},
                 {
                     "$set": {
                         "lease_expires_at": _ts(expires),
                         "updated_at": _ts(moment),
-                        "lease_mark": f"{mark}:{i}",
+                        "lease_mark": mark,
                     }
                 },
             )
-            for i, (doc_id, fence) in enumerate(leases)
+            for (d, f), mark in zip(leases, marks, strict=True)
         ]
         current = await self._write_marked(ops, "lease_mark")
         return [
             doc_id
-            for i, (doc_id, _) in enumerate(leases)
-            if current is None
-            or current.get(_doc_key(task_id, doc_id), {}).get("lease_mark")
-            == f"{mark}:{i}"
+            for (doc_id, _), mark in zip(leases, marks, strict=True)
+            if _won(current, _doc_key(task_id, doc_id), "lease_mark", mark)
         ]
 
     @_driver_errors
@@ -1179,14 +1187,9 @@ class MongoStore:
         released: list[str] = []
         failed: list[str] = []
         for i, c in enumerate(candidates):
-            won = (
-                current is None
-                or current.get(c["_id"], {}).get("reclaim_mark") == f"{mark}:{i}"
-            )
-            if won:
-                (failed if c["attempts"] >= max_attempts else released).append(
-                    c["doc_id"]
-                )
+            if _won(current, c["_id"], "reclaim_mark", f"{mark}:{i}"):
+                lost = failed if c["attempts"] >= max_attempts else released
+                lost.append(c["doc_id"])
         if failed:
             await self._tasks.update_one(
                 {"_id": task_id}, {"$inc": {"settled.failed": len(failed)}}
@@ -1273,34 +1276,57 @@ class MongoStore:
     async def iter_open(
         self, task_id: str, *, batch_size: int = DEFAULT_BATCH
     ) -> AsyncIterator[list[str]]:
-        """Yield the ids of pending and waiting documents, in order, in batches.
+        """Yield the ids of pending and waiting documents in batches, each once.
 
-        Keyset pagination on ``seq`` over the (task_id, state, seq) index: each
-        page starts after the last one, so completed documents are never read.
+        Pending ones come in document order, then the waiting ones: keyset
+        pages on ``seq`` over the (task_id, state, seq) index, each starting
+        after the last, so finished documents are never read. A document that
+        moves from pending to waiting during the walk can be yielded twice.
         """
-        after = -1
-        while True:
-            page = await self._open_page(task_id, after, max(batch_size, 1))
-            if not page:
-                return
-            yield [doc["doc_id"] for doc in page]
-            after = page[-1]["seq"]
+        size = max(batch_size, 1)
+        for state in (D.PENDING, D.RETRY_WAIT):
+            after = -1
+            while page := await self._open_page(task_id, state, after, size):
+                yield [doc["doc_id"] for doc in page]
+                after = page[-1]["seq"]
 
     @_driver_errors
-    async def _open_page(self, task_id: str, after: int, size: int) -> list[Doc]:
+    async def _open_page(
+        self, task_id: str, state: DocumentState, after: int, size: int
+    ) -> list[Doc]:
         cursor = (
             self._documents.find(
-                {
-                    "task_id": task_id,
-                    "state": {"$in": OPEN_STATES},
-                    "seq": {"$gt": after},
-                },
+                {"task_id": task_id, "state": state.value, "seq": {"$gt": after}},
                 {"doc_id": 1, "seq": 1},
             )
             .sort("seq", ASCENDING)
             .limit(size)
         )
         return await cursor.to_list()
+
+    @_driver_errors
+    async def due_retries(
+        self, task_id: str, *, limit: int, now: datetime | None = None
+    ) -> list[str]:
+        """Return ids of waiting documents whose ``next_attempt_at`` has come.
+
+        Earliest first, over the (task_id, state, next_attempt_at) index.
+        """
+        if limit <= 0:
+            return []
+        cursor = (
+            self._documents.find(
+                {
+                    "task_id": task_id,
+                    "state": D.RETRY_WAIT.value,
+                    "next_attempt_at": {"$lte": _ts(_now(now))},
+                },
+                {"doc_id": 1},
+            )
+            .sort([("next_attempt_at", ASCENDING), ("seq", ASCENDING)])
+            .limit(limit)
+        )
+        return [doc["doc_id"] async for doc in cursor]
 
     @_driver_errors
     async def next_retry_at(self, task_id: str) -> datetime | None:

@@ -288,19 +288,26 @@ async def test_dead_letter_carries_reason(broker: Any) -> None:
     seen: list[Delivery] = []
 
     async def refuse(delivery: Delivery) -> None:
-        seen.append(delivery)
         await broker.dead_letter(delivery, "not JSON")
+        seen.append(delivery)  # after the copy is confirmed and the ack sent
 
     subscription = await broker.consume_control(refuse, prefetch=1)
     await broker.publish_control(b"{not json")
-    await eventually(lambda: len(seen) == 1, "the control message")
+    await eventually(lambda: len(seen) == 1, "the message dead-lettered")
 
     if isinstance(broker, MemoryBroker):
         await eventually(lambda: bool(broker.dead_letters()), "a dead letter")
         assert broker.dead_letters() == [(b"{not json", "not JSON")]
     else:
-        letter = await broker.get_dead_letter()
-        assert letter is not None
+        letters: list[Any] = []
+
+        async def got_one() -> bool:
+            letters.append(await broker.get_dead_letter())
+            return letters[-1] is not None
+
+        # The handler appends before it dead-letters: poll for the copy.
+        await eventually(got_one, "a dead letter")
+        letter = letters[-1]
         assert letter[0] == b"{not json"
         assert letter[1][REASON_HEADER] == "not JSON"
     # The original was acked: settling it again is refused.
@@ -418,6 +425,21 @@ async def test_rabbit_publishes_many_jobs_with_confirms_in_flight(
     await rabbit.publish_jobs(TASK, bodies)
 
     assert await rabbit.job_depth(TASK) == 2000
+
+
+async def test_rabbit_queue_deleted_elsewhere_fails_then_redeclares(
+    rabbit: RabbitBroker,
+) -> None:
+    await rabbit.publish_jobs(TASK, [b"1"])
+    name = rabbit.job_queue_name(TASK)
+    async with aiohttp.ClientSession(headers=GUEST) as http:
+        await http.delete(f"{MANAGEMENT}/queues/%2F/{name}")
+
+    with pytest.raises(BrokerError, match="unroutable"):
+        await rabbit.publish_jobs(TASK, [b"2"])
+    await rabbit.publish_jobs(TASK, [b"3"])
+
+    assert await rabbit.job_depth(TASK) == 1
 
 
 async def test_rabbit_unreachable_at_start(broker_prefix: str) -> None:

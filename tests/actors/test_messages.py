@@ -55,7 +55,7 @@ def test_malformed_control_messages_are_refused_with_the_field(body, fault):
 
 
 def test_job_messages_carry_ids_never_text():
-    assert set(DocumentJob.model_fields) == {"task_id", "doc_ids"}
+    assert set(DocumentJob.model_fields) == {"task_id", "doc_ids", "suspect"}
     with pytest.raises(ValidationError):
         DocumentJob(task_id="t", doc_ids=())
     with pytest.raises(ValidationError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from actors.broker_memory import MemoryBroker
 from actors.messages import ControlMessage
@@ -14,16 +13,7 @@ from store.states import DocumentState as D
 from store.states import TaskState as T
 from tests.store.invariants import assert_counts_exact
 from tests.support.processors import ScriptedProcessor
-
-
-async def wait_for(predicate, timeout=15.0, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = await predicate()
-        if result:
-            return result
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout} s")
+from tests.support.waiting import eventually
 
 
 async def task_in(store, task_id, *states):
@@ -69,7 +59,7 @@ async def test_a_task_runs_to_completion_with_results_and_tokens(tmp_path):
     processor = ScriptedProcessor(tokens=(10, 3))
     async with Embedded(tmp_path, processor, concurrency=4) as env:
         task_id = await env.submit(200)
-        task = await wait_for(lambda: task_in(env.store, task_id, T.COMPLETED))
+        task = await eventually(lambda: task_in(env.store, task_id, T.COMPLETED))
         assert task.tokens.prompt == 2000
         assert await env.store.get_result(task_id, "d0007") == {
             "doc": "d0007",
@@ -87,7 +77,7 @@ async def test_failures_retry_then_fail_and_retry_failed_recovers(tmp_path):
         task_id = await env.submit(
             6, max_attempts=3, backoff_base=0.05, backoff_cap=0.1
         )
-        task = await wait_for(
+        task = await eventually(
             lambda: task_in(env.store, task_id, T.COMPLETED_WITH_FAILURES)
         )
         assert task.settled.failed == 2
@@ -97,13 +87,13 @@ async def test_failures_retry_then_fail_and_retry_failed_recovers(tmp_path):
         processor.permanent.clear()
         processor.transient.clear()
         await env.control(task_id, "retry_failed", doc_ids=["d0003"])
-        await wait_for(lambda: _attempted(processor, "d0003", 2))
-        task = await wait_for(
+        await eventually(lambda: _attempted(processor, "d0003", 2))
+        task = await eventually(
             lambda: task_in(env.store, task_id, T.COMPLETED_WITH_FAILURES)
         )
         assert task.settled.failed == 1
         await env.control(task_id, "retry-failed")
-        await wait_for(lambda: task_in(env.store, task_id, T.COMPLETED))
+        await eventually(lambda: task_in(env.store, task_id, T.COMPLETED))
         assert processor.attempts["d0002"] == 4
         await assert_counts_exact(env.store, task_id)
 
@@ -112,9 +102,9 @@ async def test_pause_holds_every_start_and_resume_finishes_exactly_the_rest(tmp_
     processor = ScriptedProcessor(delay=0.01)
     async with Embedded(tmp_path, processor, concurrency=4) as env:
         task_id = await env.submit(300)
-        await wait_for(lambda: _started(processor, 40))
+        await eventually(lambda: _started(processor, 40))
         await env.control(task_id, "pause", request_id="p1")
-        paused = await wait_for(lambda: task_in(env.store, task_id, T.PAUSED))
+        paused = await eventually(lambda: task_in(env.store, task_id, T.PAUSED))
         started_at_pause = len(processor.started)
         await asyncio.sleep(0.5)
         assert len(processor.started) == started_at_pause
@@ -124,7 +114,7 @@ async def test_pause_holds_every_start_and_resume_finishes_exactly_the_rest(tmp_
         assert paused.paused_at is not None
 
         await env.control(task_id, "resume")
-        await wait_for(lambda: task_in(env.store, task_id, T.COMPLETED))
+        await eventually(lambda: task_in(env.store, task_id, T.COMPLETED))
         assert sorted(processor.started) == [f"d{i:04d}" for i in range(300)]
         history = [h.to_state for h in await env.store.history(task_id)]
         assert history[-4:] == [T.PAUSING, T.PAUSED, T.RUNNING, T.COMPLETED]
@@ -135,9 +125,9 @@ async def test_cancel_interrupts_in_flight_documents_and_keeps_completed(tmp_pat
     processor = ScriptedProcessor(gate=asyncio.Event(), tokens=(5, 0))
     async with Embedded(tmp_path, processor, concurrency=3) as env:
         task_id = await env.submit(20)
-        await wait_for(lambda: _started(processor, 3))
+        await eventually(lambda: _started(processor, 3))
         await env.control(task_id, "cancel")
-        task = await wait_for(lambda: task_in(env.store, task_id, T.CANCELLED))
+        task = await eventually(lambda: task_in(env.store, task_id, T.CANCELLED))
         counts = await env.store.counts(task_id)
         assert (counts.cancelled, counts.completed, counts.open) == (20, 0, 0)
         assert task.tokens.prompt == 15
@@ -155,27 +145,27 @@ async def test_malformed_control_is_dead_lettered_and_supervisor_keeps_running(
         await env.broker.publish_control(b'{"task_id": "x", "action": "explode"}')
         await env.broker.publish_control(b"not json")
         await env.control("nosuchtask", "pause")
-        await wait_for(lambda: _dead(env.broker, 3))
+        await eventually(lambda: _dead(env.broker, 3))
         reasons = [reason for _, reason in env.broker.dead_letters()]
         assert "action" in reasons[0]
         assert "does not exist" in reasons[2]
         task_id = await env.submit(5)
-        await wait_for(lambda: task_in(env.store, task_id, T.COMPLETED))
+        await eventually(lambda: task_in(env.store, task_id, T.COMPLETED))
 
 
 async def test_legacy_mode_refuses_pause_and_fails_whole(tmp_path):
     processor = ScriptedProcessor(permanent={"d0002"}, delay=0.01)
     async with Embedded(tmp_path, processor, concurrency=1) as env:
         task_id = await env.submit(30, use_checkpoints=False)
-        await wait_for(lambda: _started(processor, 1))
+        await eventually(lambda: _started(processor, 1))
         await env.control(task_id, "pause", request_id="legacy-pause")
-        task = await wait_for(lambda: task_in(env.store, task_id, T.FAILED))
+        task = await eventually(lambda: task_in(env.store, task_id, T.FAILED))
         assert "d0002" in task.reason
         history = await env.store.history(task_id)
         refused = [h for h in history if not h.accepted]
         assert refused[0].request_id == "legacy-pause"
         assert "cannot pause" in refused[0].reason
-        await wait_for(lambda: _quiet(env.store, task_id))
+        await eventually(lambda: _quiet(env.store, task_id))
         await assert_counts_exact(env.store, task_id)
 
 

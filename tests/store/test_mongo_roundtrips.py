@@ -9,6 +9,7 @@ mongoeco is far slower than MongoDB.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import selectors
 import socket
@@ -394,6 +395,34 @@ async def test_retry_wait_interrupt_and_claim_order(store: MongoStore) -> None:
     assert (due[0].attempt, due[0].fence) == (2, 2)
 
 
+async def test_claim_named_documents_and_due_retries(
+    store: MongoStore, counter: CommandCounter
+) -> None:
+    task_id = await _task(store, 5)
+    [first] = await store.claim(task_id, "w", doc_ids=["d0002"], lease_seconds=30)
+    later = T0 + timedelta(seconds=5)
+    retry = Outcome(
+        doc_id="d0002", fence=first.fence, state=D.RETRY_WAIT, next_attempt_at=later
+    )
+    await store.settle(task_id, [retry], now=T0)
+    counter.reset()
+
+    one = await store.claim(
+        task_id, "w", doc_ids=["d0002", "d0004"], lease_seconds=30, now=T0
+    )
+
+    assert [c.doc_id for c in one] == ["d0004"]
+    assert counter.commands == ["findAndModify"]
+    assert await store.due_retries(task_id, limit=5, now=T0) == []
+    assert await store.due_retries(task_id, limit=5, now=later) == ["d0002"]
+    named = ["d0002", "d0004", "nope", "d0001"]
+    many = await store.claim(
+        task_id, "w", doc_ids=named, limit=5, lease_seconds=30, now=later
+    )
+    assert [c.doc_id for c in many] == ["d0002", "d0001"]
+    assert await store.claim(task_id, "w", doc_ids=[], lease_seconds=30) == []
+
+
 async def test_extend_leases(store: MongoStore) -> None:
     task_id = await _task(store, 2)
     claims = await store.claim(task_id, "w1", limit=2, lease_seconds=5, now=T0)
@@ -504,6 +533,10 @@ async def test_schema_newer_is_refused_and_older_is_migrated(
     assert (await meta.find_one({"_id": "schema"}) or {})["version"] == 2
 
 
+# PyMongo's async monitor can drop a socket it was still connecting when the
+# client closes; collect it here so the warning lands on this test only.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_unreachable_server_is_store_unavailable() -> None:
     url = f"mongodb://127.0.0.1:{_free_port()}/?directConnection=true"
     st = MongoStore(url, client_options={"serverSelectionTimeoutMS": 200})
@@ -511,3 +544,5 @@ async def test_unreachable_server_is_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable):
         await st.start()
     await st.stop()
+    await asyncio.sleep(0.1)
+    gc.collect()

@@ -1,0 +1,200 @@
+"""Faults against worker processes on real RabbitMQ, on both stores.
+
+Each test runs real worker processes (``run_worker``, as ``taskpoint worker``
+does) and kills, restarts or starves them; afterwards the store must show every
+invariant of the design: exact counters, nothing completed twice, every
+completed document with its result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+
+from store.factory import store_from_url
+from store.states import TaskState as T
+from tests.support.cluster import Cluster, assert_invariants, ended, submit
+from tests.support.rabbit import delete_prefixed, peek, publish_by_http
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow
+
+# mongoeco is slow and O(n) per operation: MongoDB tests keep tasks small.
+SIZES = {"sqlite": 200, "mongodb": 60}
+MONGO_QUERY = (
+    "directConnection=true&serverSelectionTimeoutMS=60000"
+    "&connectTimeoutMS=60000&socketTimeoutMS=120000"
+)
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+async def cluster(request, tmp_path, amqp_url, broker_prefix):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/checkpoints.db?synchronous=normal"
+    else:
+        base = request.getfixturevalue("mongo_url").split("/?")[0]
+        url = f"{base}/{broker_prefix.replace('-', '_')}?{MONGO_QUERY}"
+    store = store_from_url(url)
+    await store.start()
+    cluster = Cluster(tmp_path, store_url=url, amqp_url=amqp_url, prefix=broker_prefix)
+    cluster.store = store
+    cluster.kind = request.param
+    cluster.size = SIZES[request.param]
+    try:
+        yield cluster
+    finally:
+        cluster.stop_all()
+        await store.stop()
+        await delete_prefixed(broker_prefix)
+
+
+async def run_to_end(cluster, task_id, *, within=120.0):
+    try:
+        return await eventually(lambda: ended(cluster.store, task_id), within=within)
+    except AssertionError:
+        raise AssertionError(f"task did not end\n{cluster.logs()}") from None
+
+
+async def test_two_worker_processes_share_one_task(cluster):
+    task_id = await submit(cluster.store, cluster.size)
+    cluster.worker({"delay": 0.01})
+    cluster.worker({"delay": 0.01})
+
+    task = await run_to_end(cluster, task_id)
+
+    assert task.state is T.COMPLETED
+    await assert_invariants(cluster.store, task_id)
+    pids = set()
+    for i in range(0, cluster.size, 3):
+        pids.add((await cluster.store.get_result(task_id, f"d{i:04d}"))["by"])
+    assert len(pids) == 2, "both processes should have done work"
+
+
+@pytest.mark.parametrize(
+    "failpoint",
+    ["after-claim@3", "after-checkpoint@8", "lease-extension@2", "mid-group-write@2"],
+)
+async def test_killed_at_a_failpoint_then_restarted_loses_nothing(cluster, failpoint):
+    task_id = await submit(cluster.store, cluster.size, max_attempts=5)
+    first = cluster.worker({"delay": 0.05}, failpoints=failpoint)
+    await eventually(lambda: _dead(first), within=60)
+    assert first.process.returncode == -9, cluster.logs()
+
+    cluster.worker({"delay": 0.005})
+    task = await run_to_end(cluster, task_id)
+
+    assert task.state is T.COMPLETED
+    await assert_invariants(cluster.store, task_id)
+
+
+async def test_twenty_random_kills_lose_nothing(cluster):
+    rng = random.Random(7)
+    task_id = await submit(cluster.store, cluster.size, max_attempts=30)
+    for _ in range(20):
+        worker = cluster.worker({"delay": 0.01})
+        await asyncio.sleep(rng.uniform(0.3, 1.2))
+        worker.kill()
+        if (await cluster.store.get_task(task_id)).state is T.COMPLETED:
+            break
+    cluster.worker({"delay": 0.005})
+
+    task = await run_to_end(cluster, task_id)
+
+    assert task.state is T.COMPLETED
+    await assert_invariants(cluster.store, task_id)
+
+
+async def test_a_document_that_kills_its_worker_fails_and_the_rest_complete(cluster):
+    task_id = await submit(cluster.store, 20, max_attempts=2)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if await ended(cluster.store, task_id):
+            break
+        if not any(w.alive for w in cluster.workers):
+            cluster.worker({"kill": ["d0005"], "delay": 0.01})
+        await asyncio.sleep(0.1)
+
+    task = await run_to_end(cluster, task_id, within=1)
+    assert task.state is T.COMPLETED_WITH_FAILURES
+    doc = await cluster.store.get_document(task_id, "d0005")
+    assert (str(doc.state), doc.error.type) == ("failed", "WorkerLost")
+    assert (await cluster.store.counts(task_id)).completed == 19
+    await assert_invariants(cluster.store, task_id)
+
+
+async def test_control_published_through_the_management_api(cluster):
+    task_id = await submit(cluster.store, cluster.size)
+    cluster.worker({"delay": 0.05})
+    await eventually(lambda: _completed_some(cluster.store, task_id, 5), within=60)
+
+    control = f"{cluster.prefix}.control"
+    assert await publish_by_http(control, {"task_id": task_id, "action": "pause"})
+    paused = await eventually(lambda: _in(cluster.store, task_id, T.PAUSED), within=30)
+    done_then = (await cluster.store.counts(task_id)).completed
+    await asyncio.sleep(0.5)
+    assert (await cluster.store.counts(task_id)).completed == done_then
+    assert paused.paused_at is not None
+
+    assert await publish_by_http(control, {"task_id": task_id, "action": "resume"})
+    task = await run_to_end(cluster, task_id)
+    assert task.state is T.COMPLETED
+    await assert_invariants(cluster.store, task_id)
+
+
+async def test_malformed_control_lands_in_the_dead_letter_queue(cluster):
+    if cluster.kind == "mongodb":
+        pytest.skip("broker behaviour; the store plays no part")
+    worker = cluster.worker()
+    control = f"{cluster.prefix}.control"
+    await eventually(
+        lambda: publish_by_http(control, {"task_id": "t", "action": "nap"})
+    )
+    assert await publish_by_http(control, "{not json")
+
+    letters = await eventually(lambda: _dead_letters(cluster.prefix, 2), within=30)
+
+    reasons = [m["properties"]["headers"]["x-taskpoint-reason"] for m in letters]
+    assert any("action" in r for r in reasons)
+    assert all(r.startswith("malformed control message") for r in reasons)
+    assert worker.alive
+    task_id = await submit(cluster.store, 10)
+    assert (await run_to_end(cluster, task_id)).state is T.COMPLETED
+
+
+async def test_embedded_single_process_killed_and_restarted_resumes(cluster, tmp_path):
+    if cluster.kind == "mongodb":
+        pytest.skip("the embedded default is the in-process broker with SQLite")
+    cluster.env["TASKPOINT_BROKER_URL"] = ""
+    task_id = await submit(cluster.store, 300)
+    first = cluster.worker({"delay": 0.01})
+    await eventually(lambda: _completed_some(cluster.store, task_id, 30), within=60)
+    first.kill()
+    done_before = (await cluster.store.counts(task_id)).completed
+
+    cluster.worker({"delay": 0.005})
+    task = await run_to_end(cluster, task_id)
+
+    assert task.state is T.COMPLETED
+    assert done_before >= 30
+    await assert_invariants(cluster.store, task_id)
+
+
+async def _dead(worker):
+    return not worker.alive
+
+
+async def _in(store, task_id, state):
+    task = await store.get_task(task_id)
+    return task if task.state is state else None
+
+
+async def _completed_some(store, task_id, n):
+    return (await store.counts(task_id)).completed >= n
+
+
+async def _dead_letters(prefix: str, n: int):
+    messages = await peek(f"{prefix}.control.dead")
+    return messages if len(messages) >= n else None
