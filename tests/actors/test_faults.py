@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
 import time
+from datetime import timedelta
 
+import aio_pika
 import pytest
 
 from store.factory import store_from_url
 from store.states import TaskState as T
+from tests.store.invariants import all_documents
 from tests.support.cluster import Cluster, assert_invariants, ended, submit
+from tests.support.proxy import CuttableProxy
 from tests.support.rabbit import delete_prefixed, peek, publish_by_http
 from tests.support.waiting import eventually
 
@@ -198,3 +203,143 @@ async def _completed_some(store, task_id, n):
 async def _dead_letters(prefix: str, n: int):
     messages = await peek(f"{prefix}.control.dead")
     return messages if len(messages) >= n else None
+
+
+def rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(
+        ["rabbitmqctl", *args], capture_output=True, text=True, timeout=120, check=True
+    )
+    return done.stdout
+
+
+async def test_broker_stopped_and_started_mid_task(cluster):
+    if cluster.kind == "mongodb":
+        pytest.skip("one broker restart is enough; the store side is the SQLite one")
+    task_id = await submit(cluster.store, 300)
+    cluster.worker({"delay": 0.02})
+    await eventually(lambda: _completed_some(cluster.store, task_id, 40), within=60)
+
+    await asyncio.to_thread(rabbitmqctl, "stop_app")
+    try:
+        await asyncio.sleep(2)
+    finally:
+        await asyncio.to_thread(rabbitmqctl, "start_app")
+        await asyncio.to_thread(rabbitmqctl, "await_startup")
+
+    task = await run_to_end(cluster, task_id, within=180)
+    assert task.state is T.COMPLETED
+    await assert_invariants(cluster.store, task_id)
+    assert all(w.alive for w in cluster.workers), cluster.logs()
+
+
+async def test_connections_cut_and_restored_through_a_proxy(cluster, amqp_url):
+    proxy = CuttableProxy(target_port=5672)
+    await proxy.listen()
+    cluster.env["TASKPOINT_BROKER_URL"] = f"amqp://guest:guest@127.0.0.1:{proxy.port}/"
+    task_id = await submit(cluster.store, cluster.size)
+    worker = cluster.worker({"delay": 0.02})
+    await eventually(lambda: _completed_some(cluster.store, task_id, 10), within=60)
+
+    await proxy.outage()
+    await asyncio.sleep(3)
+    await proxy.listen()
+
+    task = await run_to_end(cluster, task_id, within=180)
+    assert task.state is T.COMPLETED
+    assert worker.alive, cluster.logs()
+    await assert_invariants(cluster.store, task_id)
+    await proxy.outage()
+
+
+def rabbit_env(key: str) -> str | None:
+    out = rabbitmqctl("eval", f"application:get_env(rabbit, {key}).").strip()
+    return (
+        out.removeprefix("{ok,").removesuffix("}") if out.startswith("{ok,") else None
+    )
+
+
+@pytest.fixture
+def short_consumer_timeout():
+    # RabbitMQ checks consumer timeouts on each channel tick: shorten both,
+    # for channels opened from now on, and put the old values back afterwards.
+    saved = {k: rabbit_env(k) for k in ("consumer_timeout", "channel_tick_interval")}
+    rabbitmqctl("eval", "application:set_env(rabbit, consumer_timeout, 3000).")
+    rabbitmqctl("eval", "application:set_env(rabbit, channel_tick_interval, 500).")
+    yield 3.0
+    for key, value in saved.items():
+        if value is None:
+            value = "60000" if key == "channel_tick_interval" else "1800000"
+        rabbitmqctl("eval", f"application:set_env(rabbit, {key}, {value}).")
+
+
+async def test_a_document_outliving_the_consumer_timeout_completes_once(
+    cluster, short_consumer_timeout, amqp_url, broker_prefix
+):
+    if cluster.kind == "mongodb":
+        pytest.skip("a broker setting; the store plays no part")
+    # The control experiment: a consumer that holds a delivery longer than the
+    # timeout has its channel closed by RabbitMQ.
+    assert await raw_consumer_is_closed(amqp_url, f"{broker_prefix}.probe", 6.0)
+
+    task_id = await submit(cluster.store, 2)
+    worker = cluster.worker({"delay": 7.0})
+    task = await run_to_end(cluster, task_id, within=60)
+
+    assert task.state is T.COMPLETED
+    assert worker.alive
+    for doc_id in ("d0000", "d0001"):
+        doc = await cluster.store.get_document(task_id, doc_id)
+        assert [a.outcome for a in doc.attempt_log] == ["completed"]
+    await assert_invariants(cluster.store, task_id)
+
+
+async def raw_consumer_is_closed(url: str, queue_name: str, hold: float) -> bool:
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name, auto_delete=True)
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"x"), routing_key=queue_name
+        )
+        got = asyncio.get_running_loop().create_future()
+
+        async def hold_unacked(message):
+            got.set_result(message)
+
+        await queue.consume(hold_unacked)
+        await asyncio.wait_for(got, 10)
+        closed = asyncio.Event()
+        channel.close_callbacks.add(lambda *_: closed.set())
+        try:
+            await asyncio.wait_for(closed.wait(), hold)
+        except TimeoutError:
+            return False
+        return True
+    finally:
+        await connection.close()
+
+
+async def test_twenty_tasks_at_once_share_the_workers(cluster):
+    if cluster.kind == "mongodb":
+        pytest.skip("fairness is the supervisor's; SQLite keeps it quick")
+    cluster.env["TASKPOINT_WORKER_CONCURRENCY"] = "20"
+    cluster.env["TASKPOINT_JOB_SIZE"] = "2"
+    cluster.worker({"delay": 0.1})
+    await asyncio.sleep(1.0)
+    tasks = [await submit(cluster.store, 40) for _ in range(20)]
+
+    for task_id in tasks:
+        await run_to_end(cluster, task_id, within=60)
+
+    firsts, shares = [], {}
+    for task_id in tasks:
+        task = await cluster.store.get_task(task_id)
+        docs = await all_documents(cluster.store, task_id)
+        finished = sorted(d.finished_at for d in docs)
+        firsts.append((finished[0] - task.started_at).total_seconds())
+        window_start = task.started_at + timedelta(seconds=0.5)
+        window_end = window_start + timedelta(seconds=2)
+        shares[task_id] = sum(window_start <= f < window_end for f in finished)
+    assert max(firsts) < 2.0, firsts
+    fair = sum(shares.values()) / len(shares)
+    assert min(shares.values()) >= fair / 2, shares
