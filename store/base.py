@@ -47,9 +47,9 @@ Documents = Iterable[DocumentInput] | AsyncIterable[DocumentInput]
 class CheckpointStore(Protocol):
     """What the actors and the gateway need from a checkpoint store.
 
-    Times are aware UTC datetimes. Methods that take ``now`` use it instead of
-    the clock so that tests and sweeps agree on one instant; it defaults to the
-    current time.
+    Times are aware UTC datetimes, kept exact to the microsecond. Methods that
+    take ``now`` use it instead of the clock so that tests and sweeps agree on
+    one instant; it defaults to the current time.
     """
 
     async def start(self) -> None:
@@ -143,7 +143,9 @@ class CheckpointStore(Protocol):
         """Rebuild the task's stored counters and token totals from its documents.
 
         This reads every document of the task; it repairs counters after a
-        crash between a document write and its counter update.
+        crash between a document write and its counter update. Run it on a
+        quiet task: on MongoDB a settle that lands between its read and its
+        write is lost from the counters (SQLite does both in one transaction).
         """
 
     # Documents on the work path
@@ -246,10 +248,13 @@ class CheckpointStore(Protocol):
     def iter_open(
         self, task_id: str, *, batch_size: int = DEFAULT_BATCH
     ) -> AsyncIterator[list[str]]:
-        """Yield the ids of pending and waiting documents in batches, each once.
+        """Yield the ids of pending and waiting documents in batches.
 
         Reads only those documents (by index), never the completed ones; the
-        pending ones come in document order, then the waiting ones.
+        pending ones come in document order, then the waiting ones. Each comes
+        once while the task is quiet; one that moves from pending to waiting
+        during the walk may come twice (the callers publish jobs, and a
+        duplicate job is skipped at claim time).
         """
 
     async def due_retries(

@@ -35,6 +35,7 @@ order equal to time order, so range filters and indexes behave as on dates.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import uuid
@@ -42,6 +43,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Iterable,
     Mapping,
     Sequence,
@@ -135,7 +137,9 @@ TASK_INDEXES: list[list[tuple[str, int]]] = [
 ]
 
 
-def _driver_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _driver_errors(
+    fn: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
     """Turn PyMongo's connection failures into :class:`StoreUnavailable`."""
 
     @functools.wraps(fn)
@@ -447,6 +451,8 @@ class MongoStore:
             DuplicateDocument: a document id was given twice; nothing of the
                 task is left behind.
         """
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size!r}")
         now = _ts(_now(None))
         await self._insert_task(new, now)
         try:
@@ -455,6 +461,12 @@ class MongoStore:
             )
         except DuplicateDocument:
             await self._delete_task(new.task_id)
+            raise
+        except Exception:
+            # A failing document stream leaves nothing either; if the store is
+            # gone too, the task stays unsealed and is never started.
+            with contextlib.suppress(ConnectionFailure):
+                await self._delete_task(new.task_id)
             raise
         task = await self._tasks.find_one_and_update(
             {"_id": new.task_id},

@@ -327,10 +327,13 @@ class SQLiteStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # A failed COMMIT (busy, disk full) leaves the transaction open:
+            # roll it back too, or every later BEGIN on this connection fails.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from store.factory import store_from_url
 from store.states import TaskState as T
 from tests.store.invariants import all_documents
 from tests.support.cluster import Cluster, assert_invariants, ended, submit
+from tests.support.mongoeco import MongoEcoServer
 from tests.support.proxy import CuttableProxy
 from tests.support.rabbit import delete_prefixed, peek, publish_by_http
 from tests.support.waiting import eventually
@@ -79,12 +80,20 @@ async def test_two_worker_processes_share_one_task(cluster):
 
 
 @pytest.mark.parametrize(
-    "failpoint",
-    ["after-claim@3", "after-checkpoint@8", "lease-extension@2", "mid-group-write@2"],
+    ("failpoint", "delay"),
+    [
+        ("after-claim@3", 0.05),
+        ("after-checkpoint@8", 0.05),
+        # Documents long enough to be held across heartbeats.
+        ("lease-extension@2", 1.0),
+        ("mid-group-write@2", 0.05),
+    ],
 )
-async def test_killed_at_a_failpoint_then_restarted_loses_nothing(cluster, failpoint):
+async def test_killed_at_a_failpoint_then_restarted_loses_nothing(
+    cluster, failpoint, delay
+):
     task_id = await submit(cluster.store, cluster.size, max_attempts=5)
-    first = cluster.worker({"delay": 0.05}, failpoints=failpoint)
+    first = cluster.worker({"delay": delay}, failpoints=failpoint)
     await eventually(lambda: _dead(first), within=60)
     assert first.process.returncode == -9, cluster.logs()
 
@@ -343,3 +352,30 @@ async def test_twenty_tasks_at_once_share_the_workers(cluster):
     assert max(firsts) < 2.0, firsts
     fair = sum(shares.values()) / len(shares)
     assert min(shares.values()) >= fair / 2, shares
+
+
+async def test_mongodb_server_restarted_mid_task(tmp_path, amqp_url, broker_prefix):
+    server = MongoEcoServer(sqlite_path=tmp_path / "mongo.db")
+    await asyncio.to_thread(server.start)
+    url = server.url.replace("/?", "/restart?") + "&" + MONGO_QUERY.split("&", 1)[1]
+    store = store_from_url(url)
+    await store.start()
+    cluster = Cluster(tmp_path, store_url=url, amqp_url=amqp_url, prefix=broker_prefix)
+    try:
+        task_id = await submit(store, 40)
+        cluster.worker({"delay": 0.05})
+        await eventually(lambda: _completed_some(store, task_id, 5), within=60)
+
+        await asyncio.to_thread(server.stop)
+        await asyncio.sleep(2)
+        await asyncio.to_thread(server.start)
+
+        task = await eventually(lambda: ended(store, task_id), within=120)
+        assert task.state is T.COMPLETED, cluster.logs()
+        assert all(w.alive for w in cluster.workers), cluster.logs()
+        await assert_invariants(store, task_id)
+    finally:
+        cluster.stop_all()
+        await store.stop()
+        await asyncio.to_thread(server.stop)
+        await delete_prefixed(broker_prefix)

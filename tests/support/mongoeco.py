@@ -6,8 +6,10 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = ROOT / "scripts" / "mongoeco_server.py"
@@ -34,7 +36,8 @@ class MongoEcoServer:
         self.port = port or free_port()
         self.sqlite_path = sqlite_path
         self.python = Path(os.environ.get("TASKPOINT_MONGOECO_PYTHON", DEFAULT_PYTHON))
-        self.process: subprocess.Popen[str] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -56,19 +59,24 @@ class MongoEcoServer:
         ]
         if self.sqlite_path is not None:
             cmd += ["--sqlite", str(self.sqlite_path)]
-        self.process = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        # The server's output goes to a file, never a pipe: a pipe nobody
+        # reads would fill up and stall the server.
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept for the server's life)
+            prefix="mongoeco-", suffix=".log", delete=False
         )
+        self.process = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
-        assert self.process.stdout is not None
         while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line and self.process.poll() is not None:
-                break
-            if line.startswith("listening on"):
+            if b"listening on" in Path(self.log.name).read_bytes():
                 return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        output = Path(self.log.name).read_text(errors="replace")[-2000:]
         self.stop()
-        raise RuntimeError(f"mongoeco server did not start on port {self.port}")
+        raise RuntimeError(
+            f"mongoeco server did not start on port {self.port}:\n{output}"
+        )
 
     def stop(self) -> None:
         if self.process is None:
@@ -80,6 +88,8 @@ class MongoEcoServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
         self.process = None
+        if self.log is not None:
+            self.log.close()
+            Path(self.log.name).unlink(missing_ok=True)
+            self.log = None
