@@ -9,10 +9,11 @@ completed document with its result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import signal
 import subprocess
 import time
-from datetime import timedelta
 
 import aio_pika
 import pytest
@@ -36,25 +37,40 @@ MONGO_QUERY = (
 )
 
 
-@pytest.fixture(params=["sqlite", "mongodb"])
-async def cluster(request, tmp_path, amqp_url, broker_prefix):
-    if request.param == "sqlite":
+@contextlib.asynccontextmanager
+async def open_cluster(kind, request, tmp_path, amqp_url, prefix):
+    if kind == "sqlite":
         url = f"sqlite:///{tmp_path}/checkpoints.db?synchronous=normal"
     else:
         base = request.getfixturevalue("mongo_url").split("/?")[0]
-        url = f"{base}/{broker_prefix.replace('-', '_')}?{MONGO_QUERY}"
+        url = f"{base}/{prefix.replace('-', '_')}?{MONGO_QUERY}"
     store = store_from_url(url)
     await store.start()
-    cluster = Cluster(tmp_path, store_url=url, amqp_url=amqp_url, prefix=broker_prefix)
+    cluster = Cluster(tmp_path, store_url=url, amqp_url=amqp_url, prefix=prefix)
     cluster.store = store
-    cluster.kind = request.param
-    cluster.size = SIZES[request.param]
+    cluster.size = SIZES[kind]
     try:
         yield cluster
     finally:
         cluster.stop_all()
         await store.stop()
-        await delete_prefixed(broker_prefix)
+        await delete_prefixed(prefix)
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+async def cluster(request, tmp_path, amqp_url, broker_prefix):
+    """Worker processes on RabbitMQ with each store."""
+    async with open_cluster(
+        request.param, request, tmp_path, amqp_url, broker_prefix
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+async def sqlite_cluster(request, tmp_path, amqp_url, broker_prefix):
+    """For what concerns the broker or the supervisor alone: SQLite keeps it quick."""
+    async with open_cluster("sqlite", request, tmp_path, amqp_url, broker_prefix) as c:
+        yield c
 
 
 async def run_to_end(cluster, task_id, *, within=120.0):
@@ -158,42 +174,44 @@ async def test_control_published_through_the_management_api(cluster):
     await assert_invariants(cluster.store, task_id)
 
 
-async def test_malformed_control_lands_in_the_dead_letter_queue(cluster):
-    if cluster.kind == "mongodb":
-        pytest.skip("broker behaviour; the store plays no part")
-    worker = cluster.worker()
-    control = f"{cluster.prefix}.control"
+async def test_malformed_control_lands_in_the_dead_letter_queue(sqlite_cluster):
+    worker = sqlite_cluster.worker()
+    control = f"{sqlite_cluster.prefix}.control"
     await eventually(
         lambda: publish_by_http(control, {"task_id": "t", "action": "nap"})
     )
     assert await publish_by_http(control, "{not json")
 
-    letters = await eventually(lambda: _dead_letters(cluster.prefix, 2), within=30)
+    letters = await eventually(
+        lambda: _dead_letters(sqlite_cluster.prefix, 2), within=30
+    )
 
     reasons = [m["properties"]["headers"]["x-taskpoint-reason"] for m in letters]
     assert any("action" in r for r in reasons)
     assert all(r.startswith("malformed control message") for r in reasons)
     assert worker.alive
-    task_id = await submit(cluster.store, 10)
-    assert (await run_to_end(cluster, task_id)).state is T.COMPLETED
+    task_id = await submit(sqlite_cluster.store, 10)
+    assert (await run_to_end(sqlite_cluster, task_id)).state is T.COMPLETED
 
 
-async def test_embedded_single_process_killed_and_restarted_resumes(cluster, tmp_path):
-    if cluster.kind == "mongodb":
-        pytest.skip("the embedded default is the in-process broker with SQLite")
-    cluster.env["TASKPOINT_BROKER_URL"] = ""
-    task_id = await submit(cluster.store, 300)
-    first = cluster.worker({"delay": 0.01})
-    await eventually(lambda: _completed_some(cluster.store, task_id, 30), within=60)
+async def test_embedded_single_process_killed_and_restarted_resumes(
+    sqlite_cluster, tmp_path
+):
+    sqlite_cluster.env["TASKPOINT_BROKER_URL"] = ""
+    task_id = await submit(sqlite_cluster.store, 300)
+    first = sqlite_cluster.worker({"delay": 0.01})
+    await eventually(
+        lambda: _completed_some(sqlite_cluster.store, task_id, 30), within=60
+    )
     first.kill()
-    done_before = (await cluster.store.counts(task_id)).completed
+    done_before = (await sqlite_cluster.store.counts(task_id)).completed
 
-    cluster.worker({"delay": 0.005})
-    task = await run_to_end(cluster, task_id)
+    sqlite_cluster.worker({"delay": 0.005})
+    task = await run_to_end(sqlite_cluster, task_id)
 
     assert task.state is T.COMPLETED
     assert done_before >= 30
-    await assert_invariants(cluster.store, task_id)
+    await assert_invariants(sqlite_cluster.store, task_id)
 
 
 async def _dead(worker):
@@ -221,12 +239,12 @@ def rabbitmqctl(*args: str) -> str:
     return done.stdout
 
 
-async def test_broker_stopped_and_started_mid_task(cluster):
-    if cluster.kind == "mongodb":
-        pytest.skip("one broker restart is enough; the store side is the SQLite one")
-    task_id = await submit(cluster.store, 300)
-    cluster.worker({"delay": 0.02})
-    await eventually(lambda: _completed_some(cluster.store, task_id, 40), within=60)
+async def test_broker_stopped_and_started_mid_task(sqlite_cluster):
+    task_id = await submit(sqlite_cluster.store, 300)
+    sqlite_cluster.worker({"delay": 0.02})
+    await eventually(
+        lambda: _completed_some(sqlite_cluster.store, task_id, 40), within=60
+    )
 
     await asyncio.to_thread(rabbitmqctl, "stop_app")
     try:
@@ -235,10 +253,10 @@ async def test_broker_stopped_and_started_mid_task(cluster):
         await asyncio.to_thread(rabbitmqctl, "start_app")
         await asyncio.to_thread(rabbitmqctl, "await_startup")
 
-    task = await run_to_end(cluster, task_id, within=180)
+    task = await run_to_end(sqlite_cluster, task_id, within=180)
     assert task.state is T.COMPLETED
-    await assert_invariants(cluster.store, task_id)
-    assert all(w.alive for w in cluster.workers), cluster.logs()
+    await assert_invariants(sqlite_cluster.store, task_id)
+    assert all(w.alive for w in sqlite_cluster.workers), sqlite_cluster.logs()
 
 
 async def test_connections_cut_and_restored_through_a_proxy(cluster, amqp_url):
@@ -282,24 +300,22 @@ def short_consumer_timeout():
 
 
 async def test_a_document_outliving_the_consumer_timeout_completes_once(
-    cluster, short_consumer_timeout, amqp_url, broker_prefix
+    sqlite_cluster, short_consumer_timeout, amqp_url, broker_prefix
 ):
-    if cluster.kind == "mongodb":
-        pytest.skip("a broker setting; the store plays no part")
     # The control experiment: a consumer that holds a delivery longer than the
     # timeout has its channel closed by RabbitMQ.
     assert await raw_consumer_is_closed(amqp_url, f"{broker_prefix}.probe", 6.0)
 
-    task_id = await submit(cluster.store, 2)
-    worker = cluster.worker({"delay": 7.0})
-    task = await run_to_end(cluster, task_id, within=60)
+    task_id = await submit(sqlite_cluster.store, 2)
+    worker = sqlite_cluster.worker({"delay": 7.0})
+    task = await run_to_end(sqlite_cluster, task_id, within=60)
 
     assert task.state is T.COMPLETED
     assert worker.alive
     for doc_id in ("d0000", "d0001"):
-        doc = await cluster.store.get_document(task_id, doc_id)
+        doc = await sqlite_cluster.store.get_document(task_id, doc_id)
         assert [a.outcome for a in doc.attempt_log] == ["completed"]
-    await assert_invariants(cluster.store, task_id)
+    await assert_invariants(sqlite_cluster.store, task_id)
 
 
 async def raw_consumer_is_closed(url: str, queue_name: str, hold: float) -> bool:
@@ -328,28 +344,33 @@ async def raw_consumer_is_closed(url: str, queue_name: str, hold: float) -> bool
         await connection.close()
 
 
-async def test_twenty_tasks_at_once_share_the_workers(cluster):
-    if cluster.kind == "mongodb":
-        pytest.skip("fairness is the supervisor's; SQLite keeps it quick")
-    cluster.env["TASKPOINT_WORKER_CONCURRENCY"] = "20"
-    cluster.env["TASKPOINT_JOB_SIZE"] = "2"
-    cluster.worker({"delay": 0.1})
+async def test_twenty_tasks_at_once_share_the_workers(sqlite_cluster):
+    sqlite_cluster.env["TASKPOINT_WORKER_CONCURRENCY"] = "20"
+    sqlite_cluster.env["TASKPOINT_JOB_SIZE"] = "2"
+    sqlite_cluster.worker({"delay": 0.1})
     await asyncio.sleep(1.0)
-    tasks = [await submit(cluster.store, 40) for _ in range(20)]
+    tasks = [await submit(sqlite_cluster.store, 80) for _ in range(20)]
 
     for task_id in tasks:
-        await run_to_end(cluster, task_id, within=60)
+        await run_to_end(sqlite_cluster, task_id, within=60)
 
-    firsts, shares = [], {}
+    firsts, finishes, starts = [], {}, []
     for task_id in tasks:
-        task = await cluster.store.get_task(task_id)
-        docs = await all_documents(cluster.store, task_id)
-        finished = sorted(d.finished_at for d in docs)
-        firsts.append((finished[0] - task.started_at).total_seconds())
-        window_start = task.started_at + timedelta(seconds=0.5)
-        window_end = window_start + timedelta(seconds=2)
-        shares[task_id] = sum(window_start <= f < window_end for f in finished)
+        task = await sqlite_cluster.store.get_task(task_id)
+        docs = await all_documents(sqlite_cluster.store, task_id)
+        finishes[task_id] = sorted(d.finished_at for d in docs)
+        firsts.append((finishes[task_id][0] - task.started_at).total_seconds())
+        starts.append(task.started_at)
     assert max(firsts) < 2.0, firsts
+    # Fair share: while every task is running, each completes documents at
+    # no less than half the mean rate.
+    window_start = max(starts)
+    window_end = min(f[-1] for f in finishes.values())
+    assert (window_end - window_start).total_seconds() >= 1.0
+    shares = {
+        task_id: sum(window_start <= f < window_end for f in finished)
+        for task_id, finished in finishes.items()
+    }
     fair = sum(shares.values()) / len(shares)
     assert min(shares.values()) >= fair / 2, shares
 
@@ -379,3 +400,52 @@ async def test_mongodb_server_restarted_mid_task(tmp_path, amqp_url, broker_pref
         await store.stop()
         await asyncio.to_thread(server.stop)
         await delete_prefixed(broker_prefix)
+
+
+async def test_sigterm_lets_in_flight_documents_finish(sqlite_cluster):
+    store = sqlite_cluster.store
+    task_id = await submit(store, 40)
+    worker = sqlite_cluster.worker({"delay": 1.0})
+    await eventually(lambda: _running(store, task_id, 4), within=30)
+
+    returncode = await asyncio.to_thread(worker.terminate, 30)
+
+    assert returncode == 0, sqlite_cluster.logs()
+    counts = await store.counts(task_id)
+    assert (counts.running, counts.completed) == (0, 4)
+    # The four that ran finished; the claims that had not started were given
+    # back, their attempt refunded.
+    for doc in await all_documents(store, task_id):
+        assert [a.outcome for a in doc.attempt_log] in (
+            [],
+            ["completed"],
+            ["interrupted"],
+        )
+        assert doc.attempts == (1 if str(doc.state) == "completed" else 0)
+    sqlite_cluster.worker({"delay": 0.01})
+    assert (await run_to_end(sqlite_cluster, task_id)).state is T.COMPLETED
+    await assert_invariants(store, task_id)
+
+
+async def test_a_second_sigterm_exits_at_once(sqlite_cluster):
+    store = sqlite_cluster.store
+    task_id = await submit(store, 8)
+    worker = sqlite_cluster.worker({"delay": 60.0}, drain_timeout="60")
+    await eventually(lambda: _running(store, task_id, 4), within=30)
+
+    worker.process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    assert worker.alive
+    started = time.monotonic()
+    worker.process.send_signal(signal.SIGTERM)
+    returncode = await asyncio.to_thread(worker.process.wait, 10)
+
+    assert time.monotonic() - started < 5
+    assert returncode == 128 + signal.SIGTERM
+    sqlite_cluster.worker({"delay": 0.01})
+    assert (await run_to_end(sqlite_cluster, task_id)).state is T.COMPLETED
+    await assert_invariants(store, task_id)
+
+
+async def _running(store, task_id, n):
+    return (await store.counts(task_id)).running >= n
