@@ -24,8 +24,14 @@ away, is delivered again with ``redelivered`` set.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
+
+from actors.errors import BrokerError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "taskpoint"
 REASON_HEADER = "x-taskpoint-reason"
@@ -55,6 +61,21 @@ class Delivery(Protocol):
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+
+
+async def run_handler(handler: Handler, delivery: Delivery, queue: str) -> None:
+    """Run a consumer's handler on one delivery, for both brokers.
+
+    An error that escapes the handler leaves the delivery unsettled: it is
+    requeued (as aio-pika's ``process(requeue=True)`` would) rather than hold
+    a prefetch slot until the subscription ends.
+    """
+    try:
+        await handler(delivery)
+    except Exception:
+        logger.exception("handler failed on queue %s", queue)
+        with contextlib.suppress(BrokerError):
+            await delivery.nack(requeue=True)
 
 
 @runtime_checkable

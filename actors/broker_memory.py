@@ -15,7 +15,6 @@ start in queue order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections import deque
@@ -24,7 +23,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from actors.broker import DEFAULT_PREFIX, REASON_HEADER, Delivery, Handler
+from actors.broker import (
+    DEFAULT_PREFIX,
+    REASON_HEADER,
+    Delivery,
+    Handler,
+    run_handler,
+)
 from actors.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -197,15 +202,7 @@ class MemorySubscription:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, delivery: Delivery) -> None:
-        try:
-            await self._handler(delivery)
-        except Exception:
-            # An escaping error leaves the delivery unsettled; requeue it, as
-            # aio-pika's process(requeue=True) would, rather than hold a
-            # prefetch slot until the subscription ends.
-            log.exception("handler failed on queue %s", self._queue.name)
-            with contextlib.suppress(BrokerError):
-                await delivery.nack(requeue=True)
+        await run_handler(self._handler, delivery, self._queue.name)
 
 
 class MemoryBroker:

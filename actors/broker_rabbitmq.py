@@ -48,7 +48,13 @@ from aio_pika.abc import (
 )
 from yarl import URL
 
-from actors.broker import DEFAULT_PREFIX, REASON_HEADER, Delivery, Handler
+from actors.broker import (
+    DEFAULT_PREFIX,
+    REASON_HEADER,
+    Delivery,
+    Handler,
+    run_handler,
+)
 from actors.errors import BrokerError, BrokerUnavailable
 
 log = logging.getLogger(__name__)
@@ -209,15 +215,7 @@ class RabbitSubscription:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, delivery: RabbitDelivery) -> None:
-        try:
-            await self._handler(delivery)
-        except Exception:
-            # An escaping error leaves the delivery unsettled; requeue it, as
-            # aio-pika's process(requeue=True) would, rather than hold a
-            # prefetch slot until the channel closes.
-            log.exception("handler failed on queue %s", self._queue.name)
-            with contextlib.suppress(BrokerError):
-                await delivery.nack(requeue=True)
+        await run_handler(self._handler, delivery, self._queue.name)
 
 
 class RabbitBroker:
