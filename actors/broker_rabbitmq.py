@@ -95,9 +95,15 @@ class RabbitDelivery:
     message), raises :class:`BrokerError` instead of aio-pika's own errors.
     """
 
-    def __init__(self, message: AbstractIncomingMessage, queue_name: str) -> None:
+    def __init__(
+        self,
+        message: AbstractIncomingMessage,
+        queue_name: str,
+        subscription: RabbitSubscription | None = None,
+    ) -> None:
         self._message = message
         self._queue_name = queue_name
+        self._subscription = subscription
         self._settled = False
         self._headers: Mapping[str, Any] = dict(message.headers or {})
 
@@ -134,6 +140,15 @@ class RabbitDelivery:
                 f"{self._queue_name!r}: it is already settled"
             )
         self._settled = True
+        if self._subscription is not None and self._subscription.cancelled:
+            # The channel is closing (or closed): an ack sent now is a channel
+            # error that RabbitMQ escalates to the whole connection. Closing
+            # the channel requeues the message anyway.
+            raise BrokerError(
+                f"cannot {what} delivery {self._message.delivery_tag!r} of queue "
+                f"{self._queue_name!r}: its subscription was cancelled and the "
+                "broker requeues the message"
+            )
         try:
             await settle()
         except _SETTLE_ERRORS as err:
@@ -209,7 +224,7 @@ class RabbitSubscription:
         # The handler runs in a task of ours, not aiormq's: closing the
         # channel on cancel() must not cancel a handler mid-document.
         task = asyncio.get_running_loop().create_task(
-            self._run(RabbitDelivery(message, self._queue.name))
+            self._run(RabbitDelivery(message, self._queue.name, self))
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -779,24 +779,34 @@ class Supervisor(Actor):
 
     async def _heartbeat(self) -> None:
         for run in list(self.runs.values()):
-            held = [(c.doc_id, c.fence) for c in run.ready]
-            held += [(c.doc_id, c.fence) for _, c in run.inflight.values()]
+            held = self._held(run)
             if not held:
                 continue
             kept = set(
                 await self.store.extend_leases(
-                    run.task_id, held, lease_seconds=self.config.lease_seconds
+                    run.task_id, list(held), lease_seconds=self.config.lease_seconds
                 )
             )
             failpoints.hit("lease-extension")
-            self._drop_lost(run, [doc_id for doc_id, _ in held if doc_id not in kept])
+            # Documents settled while the extension was on its way are not
+            # lost: only those still held now, under the same fence, are.
+            still = self._held(run)
+            self._drop_lost(run, [k for k in held if k[0] not in kept and k in still])
 
-    def _drop_lost(self, run: TaskRun, lost: Iterable[str]) -> None:
-        for doc_id in lost:
+    def _held(self, run: TaskRun) -> set[tuple[str, int]]:
+        held = {(c.doc_id, c.fence) for c in run.ready}
+        held.update((c.doc_id, c.fence) for _, c in run.inflight.values())
+        return held
+
+    def _drop_lost(self, run: TaskRun, lost: Iterable[tuple[str, int]]) -> None:
+        for doc_id, fence in lost:
             logger.warning("lease lost task_id=%s doc_id=%s", run.task_id, doc_id)
-            run.ready = deque(c for c in run.ready if c.doc_id != doc_id)
-            if doc_id in run.inflight:
-                run.inflight[doc_id][0].interrupt(run.task_id, DocumentState.PENDING)
+            run.ready = deque(
+                c for c in run.ready if (c.doc_id, c.fence) != (doc_id, fence)
+            )
+            entry = run.inflight.get(doc_id)
+            if entry is not None and entry[1].fence == fence:
+                entry[0].interrupt(run.task_id, DocumentState.PENDING)
 
 
 __all__ = ["Supervisor", "SupervisorConfig", "default_owner", "released"]

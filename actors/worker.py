@@ -132,9 +132,7 @@ class DocumentWorker(Actor):
             store=self.store,
         )
         started = time.monotonic()
-        self._attempt = asyncio.create_task(
-            asyncio.wait_for(item.processor.process(ctx), self.time_limit)
-        )
+        self._attempt = asyncio.create_task(self._run_processor(item, ctx))
         # Wait without letting a cancel of the attempt cancel this worker: an
         # interrupted attempt still gets its outcome (and its tokens) written.
         await asyncio.wait({self._attempt})
@@ -142,6 +140,12 @@ class DocumentWorker(Actor):
         if outcome is not None:
             log_finish(item, outcome, time.monotonic() - started)
         return outcome
+
+    async def _run_processor(
+        self, item: WorkItem, ctx: ProcessorContext
+    ) -> dict[str, Any] | None:
+        async with asyncio.timeout(self.time_limit):
+            return await item.processor.process(ctx)
 
     async def _outcome(
         self,

@@ -24,7 +24,12 @@ from tests.store.invariants import all_documents
 from tests.support.cluster import Cluster, assert_invariants, ended, submit
 from tests.support.mongoeco import MongoEcoServer
 from tests.support.proxy import CuttableProxy
-from tests.support.rabbit import delete_prefixed, peek, publish_by_http
+from tests.support.rabbit import (
+    broadcast_listeners,
+    delete_prefixed,
+    peek,
+    publish_by_http,
+)
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
@@ -81,9 +86,10 @@ async def run_to_end(cluster, task_id, *, within=120.0):
 
 
 async def test_two_worker_processes_share_one_task(cluster):
+    cluster.worker({"delay": 0.02})
+    cluster.worker({"delay": 0.02})
+    await eventually(lambda: _listening(cluster.prefix, 2), within=60)
     task_id = await submit(cluster.store, cluster.size)
-    cluster.worker({"delay": 0.01})
-    cluster.worker({"delay": 0.01})
 
     task = await run_to_end(cluster, task_id)
 
@@ -347,9 +353,9 @@ async def raw_consumer_is_closed(url: str, queue_name: str, hold: float) -> bool
 async def test_twenty_tasks_at_once_share_the_workers(sqlite_cluster):
     sqlite_cluster.env["TASKPOINT_WORKER_CONCURRENCY"] = "20"
     sqlite_cluster.env["TASKPOINT_JOB_SIZE"] = "2"
-    sqlite_cluster.worker({"delay": 0.1})
-    await asyncio.sleep(1.0)
-    tasks = [await submit(sqlite_cluster.store, 80) for _ in range(20)]
+    sqlite_cluster.worker({"delay": 0.05})
+    await eventually(lambda: _listening(sqlite_cluster.prefix, 1), within=60)
+    tasks = [await submit(sqlite_cluster.store, 120) for _ in range(20)]
 
     for task_id in tasks:
         await run_to_end(sqlite_cluster, task_id, within=60)
@@ -449,3 +455,7 @@ async def test_a_second_sigterm_exits_at_once(sqlite_cluster):
 
 async def _running(store, task_id, n):
     return (await store.counts(task_id)).running >= n
+
+
+async def _listening(prefix, n):
+    return await broadcast_listeners(prefix) >= n

@@ -59,3 +59,13 @@ async def peek(queue: str, count: int = 10) -> list[dict[str, Any]]:
             return []
         result: list[dict[str, Any]] = await response.json()
         return result
+
+
+async def broadcast_listeners(prefix: str) -> int:
+    """Count the supervisors listening: each declares a broadcast queue of its own."""
+    async with (
+        aiohttp.ClientSession(headers=HEADERS) as http,
+        http.get(f"{MANAGEMENT}/queues/%2F") as response,
+    ):
+        queues = await response.json()
+    return sum(q["name"].startswith(f"{prefix}.broadcast.") for q in queues)
