@@ -64,7 +64,10 @@ class Checkpointer:
         )
         self._pending[task_id].append((outcome, future))
         self._wake.set()
-        return await asyncio.shield(future)
+        # Not shielded: the future is this caller's alone, and if the caller
+        # is cancelled the writer still writes the outcome (it skips the
+        # resolved future).
+        return await future
 
     async def _write_forever(self) -> None:
         while True:

@@ -90,7 +90,7 @@ class DocumentWorker(Actor):
         self.report = report
         self.time_limit = time_limit
         self.current: WorkItem | None = None
-        self._attempt: asyncio.Task[dict[str, Any] | None] | None = None
+        self._running: asyncio.Task[Any] | None = None
         self._interrupt_as: DocumentState | None = None
 
     async def on_receive(self, message: Any) -> None:
@@ -106,7 +106,6 @@ class DocumentWorker(Actor):
             written = await self._checkpoint(item, outcome)
         finally:
             self.current = None
-            self._attempt = None
         self.report(Finished(self, item, outcome, written))
 
     def interrupt(self, task_id: str, as_state: DocumentState) -> None:
@@ -115,12 +114,15 @@ class DocumentWorker(Actor):
         ``as_state`` is what the document becomes: ``cancelled`` for a cancel,
         ``pending`` for a shutdown or a lost lease (the attempt is given back).
         """
-        item, attempt = self.current, self._attempt
-        if item is None or item.task.task_id != task_id:
+        item, running = self.current, self._running
+        if item is None or item.task.task_id != task_id or self._interrupt_as:
             return
         self._interrupt_as = as_state
-        if attempt is not None and not attempt.done():
-            attempt.cancel()
+        if running is not None:
+            # The worker's task is suspended inside the processor (the flag is
+            # only set around that await): the cancel lands there, and
+            # _attempt_document turns it into the interrupted outcome.
+            running.cancel()
 
     async def _attempt_document(self, item: WorkItem) -> Outcome | None:
         task, claim = item.task, item.claim
@@ -132,11 +134,22 @@ class DocumentWorker(Actor):
             store=self.store,
         )
         started = time.monotonic()
-        self._attempt = asyncio.create_task(self._run_processor(item, ctx))
-        # Wait without letting a cancel of the attempt cancel this worker: an
-        # interrupted attempt still gets its outcome (and its tokens) written.
-        await asyncio.wait({self._attempt})
-        outcome = await self._outcome(item, ctx, self._attempt)
+        try:
+            result = await self._run_processor(item, ctx)
+        except asyncio.CancelledError:
+            if self._interrupt_as is None:
+                raise  # the worker itself is being cancelled
+            self._uncancel()
+            outcome: Outcome | None = Outcome(
+                doc_id=claim.doc_id,
+                fence=claim.fence,
+                state=self._interrupt_as,
+                tokens=ctx.tokens.usage(),
+            )
+        except Exception as error:
+            outcome = failed(item, error, ctx.tokens.usage())
+        else:
+            outcome = await self._completed(item, result, ctx.tokens.usage())
         if outcome is not None:
             log_finish(item, outcome, time.monotonic() - started)
         return outcome
@@ -144,27 +157,17 @@ class DocumentWorker(Actor):
     async def _run_processor(
         self, item: WorkItem, ctx: ProcessorContext
     ) -> dict[str, Any] | None:
-        async with asyncio.timeout(self.time_limit):
-            return await item.processor.process(ctx)
+        self._running = asyncio.current_task()
+        try:
+            async with asyncio.timeout(self.time_limit):
+                return await item.processor.process(ctx)
+        finally:
+            self._running = None
 
-    async def _outcome(
-        self,
-        item: WorkItem,
-        ctx: ProcessorContext,
-        attempt: asyncio.Task[dict[str, Any] | None],
-    ) -> Outcome | None:
-        claim, tokens = item.claim, ctx.tokens.usage()
-        if attempt.cancelled():
-            return Outcome(
-                doc_id=claim.doc_id,
-                fence=claim.fence,
-                state=self._interrupt_as or DocumentState.PENDING,
-                tokens=tokens,
-            )
-        error = attempt.exception()
-        if error is None:
-            return await self._completed(item, attempt.result(), tokens)
-        return failed(item, error, tokens)
+    def _uncancel(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
 
     async def _completed(
         self, item: WorkItem, result: dict[str, Any] | None, tokens: TokenUsage
