@@ -18,8 +18,10 @@ format: setup
 
 bench: setup
 	scripts/services.sh mongoeco-venv
+	scripts/services.sh rabbitmq
 	TASKPOINT_MONGOECO_PYTHON=$(CURDIR)/.services/mongoeco-venv/bin/python \
 		.venv/bin/python -m bench.store
+	.venv/bin/python -m bench.actors
 
 clean:
 	rm -rf .venv .services .pytest_cache .mypy_cache .ruff_cache

@@ -459,3 +459,38 @@ async def _running(store, task_id, n):
 
 async def _listening(prefix, n):
     return await broadcast_listeners(prefix) >= n
+
+
+async def test_store_connection_cut_and_restored_through_a_proxy(
+    request, tmp_path, amqp_url, broker_prefix
+):
+    mongo_url = request.getfixturevalue("mongo_url")
+    port = int(mongo_url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+    proxy = CuttableProxy(target_port=port)
+    await proxy.listen()
+    database = broker_prefix.replace("-", "_")
+    direct = f"mongodb://127.0.0.1:{port}/{database}?{MONGO_QUERY}"
+    store = store_from_url(direct)
+    await store.start()
+    proxied = f"mongodb://127.0.0.1:{proxy.port}/{database}?{MONGO_QUERY}"
+    cluster = Cluster(
+        tmp_path, store_url=proxied, amqp_url=amqp_url, prefix=broker_prefix
+    )
+    try:
+        task_id = await submit(store, 40)
+        worker = cluster.worker({"delay": 0.05})
+        await eventually(lambda: _completed_some(store, task_id, 5), within=60)
+
+        await proxy.outage()
+        await asyncio.sleep(3)
+        await proxy.listen()
+
+        task = await eventually(lambda: ended(store, task_id), within=120)
+        assert task.state is T.COMPLETED, cluster.logs()
+        assert worker.alive, cluster.logs()
+        await assert_invariants(store, task_id)
+    finally:
+        cluster.stop_all()
+        await store.stop()
+        await proxy.outage()
+        await delete_prefixed(broker_prefix)

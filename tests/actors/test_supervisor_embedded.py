@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+
+import pytest
 
 from actors.broker_memory import MemoryBroker
 from actors.messages import ControlMessage
@@ -183,3 +186,23 @@ async def _quiet(store, task_id):
 
 async def _attempted(processor, doc_id, n):
     return processor.attempts[doc_id] >= n
+
+
+async def test_per_task_concurrency_and_fair_share(tmp_path):
+    processor = ScriptedProcessor(delay=0.02)
+    async with Embedded(tmp_path, processor, concurrency=8) as env:
+        narrow = await env.submit(40, concurrency=2)
+        wide = await env.submit(120)
+        await eventually(lambda: task_in(env.store, narrow, T.COMPLETED), within=30)
+        await eventually(lambda: task_in(env.store, wide, T.COMPLETED), within=30)
+    assert processor.most_in_flight[narrow] == 2
+    assert processor.most_in_flight[wide] >= 6
+    assert processor.cpu_thread != threading.main_thread().name
+
+
+async def test_processors_are_found_through_entry_points():
+    from actors.processors import UnknownProcessor, load_processor
+
+    assert load_processor("noop").name == "noop"
+    with pytest.raises(UnknownProcessor, match="noop"):
+        load_processor("no-such-processor")

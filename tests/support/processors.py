@@ -6,6 +6,7 @@ These stand in for a user's processor, not for any part of taskpoint.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,9 +35,24 @@ class ScriptedProcessor:
     started: list[str] = field(default_factory=list)
     attempts: Counter[str] = field(default_factory=Counter)
     gate: asyncio.Event | None = None
+    in_flight: Counter[str] = field(default_factory=Counter)
+    most_in_flight: Counter[str] = field(default_factory=Counter)
+    cpu_thread: str | None = None
 
     async def process(self, ctx: ProcessorContext) -> dict[str, Any] | None:
+        task_id = ctx.task.task_id
+        self.in_flight[task_id] += 1
+        self.most_in_flight[task_id] = max(
+            self.most_in_flight[task_id], self.in_flight[task_id]
+        )
+        try:
+            return await self._process(ctx)
+        finally:
+            self.in_flight[task_id] -= 1
+
+    async def _process(self, ctx: ProcessorContext) -> dict[str, Any] | None:
         self.started.append(ctx.doc_id)
+        self.cpu_thread = await ctx.run_cpu(lambda: threading.current_thread().name)
         self.attempts[ctx.doc_id] += 1
         ctx.tokens.add(*self.tokens)
         if self.delay:
