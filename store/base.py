@@ -63,6 +63,16 @@ class CheckpointStore(Protocol):
     async def stop(self) -> None:
         """Close connections; the store may be started again."""
 
+    # Tenants
+
+    async def put_token(
+        self, token_hash: str, tenant: str, *, label: str | None = None
+    ) -> None:
+        """Store an API token's hash for ``tenant`` (never the token itself)."""
+
+    async def tenant_of_token(self, token_hash: str) -> str | None:
+        """Return the tenant whose token has this hash, or None."""
+
     # Tasks
 
     async def create_task(

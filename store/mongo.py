@@ -436,6 +436,28 @@ class MongoStore:
     def _results(self) -> AsyncCollection[Doc]:
         return self._database["results"]
 
+    # Tenants
+
+    @_driver_errors
+    async def put_token(
+        self, token_hash: str, tenant: str, *, label: str | None = None
+    ) -> None:
+        """Store an API token's hash for ``tenant`` (never the token itself)."""
+        await self._database["tokens"].insert_one(
+            {
+                "_id": token_hash,
+                "tenant": tenant,
+                "label": label,
+                "created_at": _ts(utcnow()),
+            }
+        )
+
+    @_driver_errors
+    async def tenant_of_token(self, token_hash: str) -> str | None:
+        """Return the tenant whose token has this hash, or None."""
+        found = await self._database["tokens"].find_one({"_id": token_hash})
+        return None if found is None else str(found["tenant"])
+
     # Tasks
 
     @_driver_errors

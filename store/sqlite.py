@@ -134,6 +134,12 @@ CREATE TABLE IF NOT EXISTS contents (
     text TEXT,
     uri TEXT
 );
+CREATE TABLE IF NOT EXISTS tokens (
+    hash TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    label TEXT,
+    created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS results (
     task_id TEXT NOT NULL,
     doc_id TEXT NOT NULL,
@@ -391,6 +397,29 @@ class SQLiteStore:
         finally:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+    # Tenants
+
+    async def put_token(
+        self, token_hash: str, tenant: str, *, label: str | None = None
+    ) -> None:
+        """Store an API token's hash for ``tenant``."""
+        await self._run(self._put_token, token_hash, tenant, label)
+
+    def _put_token(self, token_hash: str, tenant: str, label: str | None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO tokens (hash, tenant, label, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (token_hash, tenant, label, utcnow().timestamp()),
+            )
+
+    async def tenant_of_token(self, token_hash: str) -> str | None:
+        """Return the tenant whose token has this hash, or None."""
+        rows = await self._run(
+            self._fetchall, "SELECT tenant FROM tokens WHERE hash = ?", (token_hash,)
+        )
+        return str(rows[0]["tenant"]) if rows else None
 
     # Tasks
 

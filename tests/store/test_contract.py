@@ -401,3 +401,9 @@ async def test_claim_named_documents_skips_the_unclaimable(store):
     )
     assert [c.doc_id for c in again] == ["d00004"]
     await assert_counts_exact(store, task_id)
+
+
+async def test_tokens_are_found_by_hash(store):
+    await store.put_token("h" * 64, "acme", label="ci")
+    assert await store.tenant_of_token("h" * 64) == "acme"
+    assert await store.tenant_of_token("x" * 64) is None
