@@ -135,6 +135,13 @@ class Sweep:
     """Time for a sweep."""
 
 
+@dataclass(frozen=True)
+class Idle:
+    """A running task has nothing left here: see whether it has ended."""
+
+    task_id: str
+
+
 class Supervisor(Actor):
     """Runs tasks' documents in this process; see the module docstring.
 
@@ -285,6 +292,8 @@ class Supervisor(Actor):
             await self._on_state(message.task_id)
         elif isinstance(message, Sweep):
             await self._sweep()
+        elif isinstance(message, Idle):
+            await self._complete_if_done(message.task_id)
 
     async def _on_control(self, delivery: Delivery) -> None:
         await self.ask(ControlIn(delivery))
@@ -372,7 +381,11 @@ class Supervisor(Actor):
         except TaskNotFound:
             return
         run = self.runs.get(task_id)
-        if task.state is T.RUNNING:
+        if task.state is T.PENDING and task.sealed and not self._stopping:
+            # A new task announced on the broadcast: start it now rather than
+            # at the next sweep.
+            await self._start_task(task)
+        elif task.state is T.RUNNING:
             await self._open(run or self._new_run(task), task)
         elif run is not None:
             run.task = task
@@ -609,8 +622,10 @@ class Supervisor(Actor):
                 and not finished.item.task.config.use_checkpoints
             ):
                 self._spawn(self._fail_legacy(finished.item.task, outcome))
-        if run is not None and not run.is_open and not run.inflight:
-            self.tell(StateIn(task_id))
+        if run is not None and not run.inflight:
+            # Without waiting for the sweep: a paused or cancelled task may
+            # settle, a running one may have ended.
+            self.tell(StateIn(task_id) if not run.is_open else Idle(task_id))
         if not self._inflight_total():
             self._quiet.set()
         self._pump()
@@ -721,6 +736,14 @@ class Supervisor(Actor):
             self._recent[(task.task_id, doc_id)] = now
         if fresh:
             self._publish(task.task_id, fresh)
+
+    async def _complete_if_done(self, task_id: str) -> None:
+        run = self.runs.get(task_id)
+        if run is None or not run.is_open or run.ready or run.inflight:
+            return
+        counts = await self.store.counts(task_id)
+        if counts.open == 0:
+            await self._complete(run.task, counts.failed)
 
     async def _maybe_complete(self, task: Task) -> None:
         counts = await self.store.counts(task.task_id)

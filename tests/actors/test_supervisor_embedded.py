@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import pytest
@@ -206,3 +207,15 @@ async def test_processors_are_found_through_entry_points():
     assert load_processor("noop").name == "noop"
     with pytest.raises(UnknownProcessor, match="noop"):
         load_processor("no-such-processor")
+
+
+async def test_a_broadcast_starts_a_new_task_before_the_next_sweep(tmp_path):
+    processor = ScriptedProcessor()
+    async with Embedded(tmp_path, processor) as env:
+        env.supervisor.config.sweep_interval = 3600
+        await asyncio.sleep(0.3)  # the running timer still has the short interval
+        for timer in env.supervisor._timers[:1]:
+            timer.cancel()
+        task_id = await env.submit(3)
+        await env.broker.broadcast(json.dumps({"task_id": task_id}).encode())
+        await eventually(lambda: task_in(env.store, task_id, T.COMPLETED), within=5)
