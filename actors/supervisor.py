@@ -71,6 +71,8 @@ class SupervisorConfig:
         sweep_interval: seconds between two sweeps.
         time_limit: the longest one attempt may run, in seconds.
         drain_timeout: on stop, how long in-flight documents may finish.
+        provider_failure_pause: a task pauses itself after this many documents
+            in a row fail transiently (0: never).
     """
 
     concurrency: int = 8
@@ -79,6 +81,7 @@ class SupervisorConfig:
     sweep_interval: float = 1.0
     time_limit: float = 3600.0
     drain_timeout: float = 30.0
+    provider_failure_pause: int = 5
     owner: str = field(default_factory=default_owner)
 
 
@@ -95,6 +98,9 @@ class TaskRun:
     room: asyncio.Event = field(default_factory=asyncio.Event)
     suspects: set[str] = field(default_factory=set)
     stalled_sweeps: int = 0
+    spent: int = 0
+    failing_streak: int = 0
+    pause_asked: bool = False
 
     @property
     def task_id(self) -> str:
@@ -109,6 +115,11 @@ class TaskRun:
     def has_room(self) -> bool:
         """Whether the buffer of claimed, unstarted documents has room."""
         return len(self.ready) < self.capacity
+
+    def over_budget(self) -> bool:
+        """Whether the tokens spent reached the task's budget."""
+        budget = self.task.config.token_budget
+        return budget is not None and self.spent >= budget
 
     def under_limit(self) -> bool:
         """Whether the task's own concurrency limit allows one more document."""
@@ -400,10 +411,14 @@ class Supervisor(Actor):
             capacity=max(2 * self.config.concurrency, self.config.job_size),
         )
         run.room.set()
+        run.spent = task.tokens.total
         self.runs[task.task_id] = run
         return run
 
     async def _open(self, run: TaskRun, task: Task) -> None:
+        if not run.is_open:
+            run.pause_asked = False
+            run.failing_streak = 0
         run.task = task
         if run.subscription is None and not self._stopping:
             prefetch = max(2, run.capacity // self.config.job_size)
@@ -541,6 +556,7 @@ class Supervisor(Actor):
         # waits for them, so no document starts once the task reports paused.
         task = await self.store.get_task(run.task_id)
         run.task = task
+        run.spent = max(run.spent, task.tokens.total)
         if task.state is not T.RUNNING:
             run.ready.extend(claims)
             await self._close(run)
@@ -599,10 +615,33 @@ class Supervisor(Actor):
 
     def _may_start(self, item: WorkItem) -> bool:
         run = self.runs.get(item.task.task_id)
-        allowed = run is not None and run.is_open
-        if allowed:
-            self.started_documents += 1
-        return allowed
+        if run is None or not run.is_open:
+            return False
+        if run.over_budget():
+            budget = run.task.config.token_budget
+            self._pause_for(
+                run, f"token budget of {budget} reached ({run.spent} spent)"
+            )
+            return False
+        self.started_documents += 1
+        return True
+
+    def _pause_for(self, run: TaskRun, reason: str) -> None:
+        """Pause a task on the system's own account, once, with the reason."""
+        if run.pause_asked:
+            return
+        run.pause_asked = True
+        logger.warning("pausing task task_id=%s: %s", run.task_id, reason)
+        self._spawn(self._system_pause(run.task_id, reason))
+
+    async def _system_pause(self, task_id: str, reason: str) -> None:
+        try:
+            task = await self.store.transition_task(
+                task_id, T.PAUSING, expected=[T.RUNNING], reason=reason
+            )
+        except TransitionRefused:
+            return
+        await self._after_change(task)
 
     def _on_finished(self, finished: Finished) -> None:
         task_id, doc_id = finished.item.key
@@ -614,6 +653,8 @@ class Supervisor(Actor):
                 self._check_isolation()
         self.idle.append(finished.worker)
         outcome = finished.outcome
+        if run is not None and outcome is not None and finished.written:
+            self._account(run, outcome)
         if outcome is not None and finished.written:
             if outcome.state is DocumentState.PENDING:
                 self._publish(task_id, [doc_id])
@@ -629,6 +670,21 @@ class Supervisor(Actor):
         if not self._inflight_total():
             self._quiet.set()
         self._pump()
+
+    def _account(self, run: TaskRun, outcome: Outcome) -> None:
+        """Count a settled document's tokens and the provider's failure streak."""
+        run.spent += outcome.tokens.total
+        if outcome.state is DocumentState.COMPLETED:
+            run.failing_streak = 0
+        elif outcome.error is not None and not outcome.error.permanent:
+            run.failing_streak += 1
+            limit = self.config.provider_failure_pause
+            if limit and run.failing_streak >= limit and run.is_open:
+                self._pause_for(
+                    run,
+                    f"{run.failing_streak} documents in a row failed transiently "
+                    f"(last: {outcome.error.type}: {outcome.error.message[:200]})",
+                )
 
     async def _fail_legacy(self, task: Task, outcome: Outcome) -> None:
         error = outcome.error.message if outcome.error else "no error recorded"

@@ -48,6 +48,29 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(
         30.0, ge=0, description="on shutdown, how long in-flight documents may finish"
     )
+    provider_failure_pause: int = Field(
+        5,
+        ge=0,
+        description="a task pauses itself after this many documents in a row fail "
+        "transiently (0: never)",
+    )
+    llm_backend: Literal["local", "openai"] = Field(
+        "local",
+        description="local: no network, an approximation; openai: any "
+        "OpenAI-compatible endpoint (hosted, vLLM, Ollama)",
+    )
+    llm_base_url: str = Field("", description="e.g. https://api.openai.com/v1")
+    llm_api_key: str = Field("", description="sent as a bearer token to the endpoint")
+    llm_model: str = Field(
+        "gpt-4o-mini", description="chat model, unless a task picks one"
+    )
+    llm_embedding_model: str = Field(
+        "", description="embedding model; empty groups chunks by adjacency"
+    )
+    llm_concurrency: int = Field(
+        32, ge=1, le=4096, description="calls in flight to the provider, per process"
+    )
+    llm_timeout: float = Field(120.0, gt=0, description="one provider call, seconds")
     failpoints: str = Field(
         "", description="for fault tests only: see actors/failpoints.py"
     )

@@ -219,3 +219,46 @@ async def test_a_broadcast_starts_a_new_task_before_the_next_sweep(tmp_path):
         task_id = await env.submit(3)
         await env.broker.broadcast(json.dumps({"task_id": task_id}).encode())
         await eventually(lambda: task_in(env.store, task_id, T.COMPLETED), within=5)
+
+
+async def test_token_budget_pauses_exactly_at_concurrency_one(tmp_path):
+    processor = ScriptedProcessor(tokens=(7, 3))
+    async with Embedded(tmp_path, processor, concurrency=1) as env:
+        task_id = await env.submit(30, token_budget=45)
+        task = await eventually(lambda: task_in(env.store, task_id, T.PAUSED))
+        # Each document spends 10: the fifth crosses 45 and no sixth starts.
+        assert len(processor.started) == 5
+        assert task.tokens.total == 50
+        assert "token budget of 45 reached" in task.reason
+        await asyncio.sleep(0.3)
+        assert len(processor.started) == 5
+
+
+async def test_token_budget_overshoot_is_bounded_by_what_was_in_flight(tmp_path):
+    processor = ScriptedProcessor(tokens=(10, 0), delay=0.02)
+    async with Embedded(tmp_path, processor, concurrency=4) as env:
+        task_id = await env.submit(100, token_budget=200)
+        task = await eventually(lambda: task_in(env.store, task_id, T.PAUSED))
+        assert 200 <= task.tokens.total <= 200 + 4 * 10
+        assert len(processor.started) * 10 == task.tokens.total
+
+
+async def test_a_failing_provider_pauses_the_task_instead_of_burning_retries(tmp_path):
+    processor = ScriptedProcessor(transient={f"d{i:04d}": 99 for i in range(50)})
+    async with Embedded(
+        tmp_path, processor, concurrency=1, provider_failure_pause=3
+    ) as env:
+        task_id = await env.submit(
+            50, max_attempts=5, backoff_base=0.05, backoff_cap=0.1
+        )
+        task = await eventually(lambda: task_in(env.store, task_id, T.PAUSED))
+        assert "3 documents in a row failed transiently" in task.reason
+        assert "TransientError" in task.reason
+        assert len(processor.started) <= 4
+        status = await env.store.counts(task_id)
+        assert status.failed == 0
+
+        processor.transient.clear()
+        await env.control(task_id, "resume")
+        done = await eventually(lambda: task_in(env.store, task_id, T.COMPLETED))
+        assert done.reason is None
