@@ -101,6 +101,9 @@ class Broker(Protocol):
     async def stop(self) -> None:
         """Cancel every consumer, requeue what they held, close connections."""
 
+    async def ping(self) -> bool:
+        """Tell whether the broker is reachable now, without side effects."""
+
     async def publish_jobs(self, task_id: str, bodies: Sequence[bytes]) -> None:
         """Publish job messages to the task's queue (declared when missing),
         returning once every one is confirmed."""

@@ -243,6 +243,10 @@ class MemoryBroker:
             await subscription.abort_handlers()
         log.info("memory broker stopped, prefix=%s", self._prefix)
 
+    async def ping(self) -> bool:
+        """Tell whether the broker is started."""
+        return self._started
+
     def job_queue_name(self, task_id: str) -> str:
         """Return the name of the task's job queue."""
         return f"{self._prefix}.task.{task_id}"

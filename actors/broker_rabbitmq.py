@@ -382,6 +382,17 @@ class RabbitBroker:
         )
         self._declared.discard(name)
 
+    async def ping(self) -> bool:
+        """Tell whether the connection and the publishing channel are open."""
+        connection, channel = self._connection, self._channel
+        return bool(
+            self._online
+            and connection is not None
+            and not connection.is_closed
+            and channel is not None
+            and not channel.is_closed
+        )
+
     async def job_depth(self, task_id: str) -> int:
         """Return how many ready messages wait in the task's queue."""
         queue = await self._declare_queue(self.job_queue_name(task_id))

@@ -7,8 +7,9 @@ drift apart.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -151,12 +152,22 @@ class DocumentPage(BaseModel):
     next_after: int | None = Field(description="pass as after for the next page")
 
 
+class FieldProblem(BaseModel):
+    """One invalid field of a request: where it is and what is wrong."""
+
+    field: str = Field(description="dotted path, e.g. documents.3.text")
+    message: str
+
+
 class ErrorDetail(BaseModel):
     """What went wrong, for people and for programs."""
 
     code: str = Field(examples=["task_not_found"])
     message: str
     request_id: str | None = None
+    fields: list[FieldProblem] | None = Field(
+        None, description="the invalid fields, for validation errors"
+    )
 
 
 class ErrorBody(BaseModel):
@@ -172,4 +183,83 @@ class EventTicket(BaseModel):
     expires_at: datetime
 
 
+class DocumentResult(BaseModel):
+    """``GET .../documents/{doc_id}/result``: what the processor returned."""
+
+    task_id: str
+    doc_id: str
+    result: dict[str, Any]
+
+
+class TaskResult(BaseModel):
+    """``GET .../result``: the task's merged result, for types that merge."""
+
+    task_id: str
+    result: dict[str, Any]
+
+
+class TransitionEvent(BaseModel):
+    """SSE event ``transition``: one history entry (its ``seq`` is the event id).
+
+    Refused control requests are included with ``accepted: false``.
+    """
+
+    seq: int
+    from_state: TaskState | None
+    to_state: TaskState
+    at: datetime
+    reason: str | None
+    request_id: str | None
+    accepted: bool
+
+
+class ProgressEvent(BaseModel):
+    """SSE event ``progress``: the task's counters, about once a second."""
+
+    task_id: str
+    state: TaskState
+    progress: float
+    total_documents: int
+    completed_documents: int
+    failed_documents: int
+    pending_documents: int
+    running_documents: int
+    retry_wait_documents: int
+    cancelled_documents: int
+    token_count: Tokens
+    throughput: float | None
+    eta_seconds: float | None
+
+
+class Health(BaseModel):
+    """``/healthz`` and ``/readyz``."""
+
+    status: Literal["ok", "unavailable"]
+    store: str | None = None
+    broker: str | None = None
+
+
 EventType = Literal["transition", "progress"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry; each refusal names the limit it broke."""
+
+    body_bytes: int = MAX_BODY_BYTES
+    document_bytes: int = MAX_DOCUMENT_BYTES
+    documents: int = MAX_DOCUMENTS_PER_REQUEST
+
+
+@dataclass
+class ApiError(Exception):
+    """An error answer: raised anywhere below a handler, written as ErrorBody."""
+
+    status: int
+    code: str
+    message: str
+    fields: list[FieldProblem] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"

@@ -149,6 +149,15 @@ class CheckpointStore(Protocol):
         Costs O(1) plus the documents running or waiting to retry.
         """
 
+    async def task_status(
+        self, task_id: str, tenant: str | None = None
+    ) -> tuple[Task, TaskCounts]:
+        """Return a task and its counts together: what a status read needs.
+
+        Raises:
+            TaskNotFound: no such task (for that tenant).
+        """
+
     async def recount(self, task_id: str) -> TaskCounts:
         """Rebuild the task's stored counters and token totals from its documents.
 

@@ -808,7 +808,18 @@ class MongoStore:
         Raises:
             TaskNotFound: no such task.
         """
-        task = await self.get_task(task_id)
+        return (await self.task_status(task_id))[1]
+
+    @_driver_errors
+    async def task_status(
+        self, task_id: str, tenant: str | None = None
+    ) -> tuple[Task, TaskCounts]:
+        """Return a task and its counts: one read of the task, one indexed count.
+
+        Raises:
+            TaskNotFound: no such task (for that tenant).
+        """
+        task = await self.get_task(task_id, tenant)
         cursor = await self._documents.aggregate(
             [
                 {
@@ -821,7 +832,7 @@ class MongoStore:
             ]
         )
         open_counts = {row["_id"]: int(row["n"]) async for row in cursor}
-        return _counts_of(task, open_counts)
+        return task, _counts_of(task, open_counts)
 
     @_driver_errors
     async def recount(self, task_id: str) -> TaskCounts:

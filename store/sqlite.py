@@ -698,8 +698,21 @@ class SQLiteStore:
         """Return every document of the task counted by state."""
         return await self._run(self._counts, task_id)
 
+    async def task_status(
+        self, task_id: str, tenant: str | None = None
+    ) -> tuple[Task, TaskCounts]:
+        """Return a task and its counts, in one trip to the store's thread."""
+        return await self._run(self._task_status, task_id, tenant)
+
+    def _task_status(self, task_id: str, tenant: str | None) -> tuple[Task, TaskCounts]:
+        task = self._get_task(task_id, tenant)
+        return task, self._open_counts(task)
+
     def _counts(self, task_id: str) -> TaskCounts:
-        task = self._get_task(task_id)
+        return self._open_counts(self._get_task(task_id))
+
+    def _open_counts(self, task: Task) -> TaskCounts:
+        task_id = task.task_id
         rows = self.db.execute(
             "SELECT state, count(*) AS n FROM documents WHERE task_id = ?"
             " AND state IN ('running', 'retry_wait') GROUP BY state",

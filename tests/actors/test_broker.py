@@ -480,3 +480,9 @@ async def test_rabbit_outage_times_out_then_recovers(broker_prefix: str) -> None
         await broker.stop()
         await proxy.outage()
         await delete_rabbit_names(broker_prefix)
+
+
+async def test_ping_tells_whether_the_broker_is_reachable(broker: Broker) -> None:
+    assert await broker.ping() is True
+    await broker.stop()
+    assert await broker.ping() is False

@@ -407,3 +407,14 @@ async def test_tokens_are_found_by_hash(store):
     await store.put_token("h" * 64, "acme", label="ci")
     assert await store.tenant_of_token("h" * 64) == "acme"
     assert await store.tenant_of_token("x" * 64) is None
+
+
+async def test_task_status_reads_task_and_counts_together(store):
+    task_id = await make_task(store, 4)
+    claims = await store.claim(task_id, "w", limit=2, lease_seconds=LEASE)
+    await store.settle(task_id, [done(claims[0])])
+    task, counts = await store.task_status(task_id, tenant="acme")
+    assert task.task_id == task_id
+    assert (counts.completed, counts.running, counts.pending) == (1, 1, 2)
+    with pytest.raises(TaskNotFound):
+        await store.task_status(task_id, tenant="someone-else")
