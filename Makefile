@@ -1,8 +1,13 @@
 # The everyday commands; CI runs `make lint` and `make test` (see .ci/run).
-.PHONY: setup test lint format bench clean
+# `make run` sets up .venv and starts taskpoint on the embedded defaults: the
+# in-process broker and SQLite under ./taskpoint-data of this folder.
+.PHONY: setup run test lint format bench clean
 
 setup:
 	scripts/setup.sh
+
+run: setup
+	.venv/bin/taskpoint run
 
 test:
 	scripts/test.sh

@@ -236,6 +236,26 @@ class CheckpointStore(Protocol):
     ) -> dict[str, DocumentContent]:
         """Return the content (text or URI) of the given documents."""
 
+    async def put_task_result(self, task_id: str, result: dict[str, Any]) -> None:
+        """Store (replace) the task's own result: a finalize phase's checkpoint."""
+
+    async def get_task_result(self, task_id: str) -> dict[str, Any] | None:
+        """Return the task's own result, or None."""
+
+    async def page_completed(
+        self,
+        task_id: str,
+        *,
+        after: tuple[datetime, int] | None = None,
+        limit: int = 100,
+    ) -> list[DocumentCheckpoint]:
+        """Return completed documents in the order they finished.
+
+        Ordered by ``(finished_at, seq)``, after the pair ``after``: a finalize
+        phase keeps the last pair as its cursor, so that documents completed
+        later (after a retry-failed) come after it and are merged once.
+        """
+
     # Documents on the control path
 
     async def reclaim_expired(

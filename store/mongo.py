@@ -130,6 +130,12 @@ DOCUMENT_INDEXES: list[list[tuple[str, int]]] = [
     [("task_id", ASCENDING), ("state", ASCENDING), ("next_attempt_at", ASCENDING)],
     [("task_id", ASCENDING), ("state", ASCENDING), ("lease_expires_at", ASCENDING)],
     [("task_id", ASCENDING), ("seq", ASCENDING)],
+    [
+        ("task_id", ASCENDING),
+        ("state", ASCENDING),
+        ("finished_at", ASCENDING),
+        ("seq", ASCENDING),
+    ],
 ]
 TASK_INDEXES: list[list[tuple[str, int]]] = [
     [("tenant", ASCENDING), ("created_at", DESCENDING)],
@@ -1160,6 +1166,45 @@ class MongoStore:
             return None
         result: dict[str, Any] = doc.get("result") or {}
         return result
+
+    @_driver_errors
+    async def put_task_result(self, task_id: str, result: dict[str, Any]) -> None:
+        """Store (replace) the task's own result: a finalize phase's checkpoint."""
+        await self._database["task_results"].replace_one(
+            {"_id": task_id}, {"_id": task_id, "result": result}, upsert=True
+        )
+
+    @_driver_errors
+    async def get_task_result(self, task_id: str) -> dict[str, Any] | None:
+        """Return the task's own result, or None."""
+        doc = await self._database["task_results"].find_one({"_id": task_id})
+        if doc is None:
+            return None
+        result: dict[str, Any] = doc.get("result") or {}
+        return result
+
+    @_driver_errors
+    async def page_completed(
+        self,
+        task_id: str,
+        *,
+        after: tuple[datetime, int] | None = None,
+        limit: int = 100,
+    ) -> list[DocumentCheckpoint]:
+        """Return completed documents in the order they finished, after ``after``."""
+        query: Doc = {"task_id": task_id, "state": D.COMPLETED.value}
+        if after is not None:
+            at = _ts(after[0])
+            query["$or"] = [
+                {"finished_at": {"$gt": at}},
+                {"finished_at": at, "seq": {"$gt": after[1]}},
+            ]
+        cursor = (
+            self._documents.find(query)
+            .sort([("finished_at", ASCENDING), ("seq", ASCENDING)])
+            .limit(limit)
+        )
+        return [_checkpoint_from(doc) async for doc in cursor]
 
     @_driver_errors
     async def load_contents(

@@ -140,6 +140,12 @@ CREATE TABLE IF NOT EXISTS tokens (
     label TEXT,
     created_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS documents_completed ON documents (task_id, finished_at, seq)
+    WHERE state = 'completed';
+CREATE TABLE IF NOT EXISTS task_results (
+    task_id TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS results (
     task_id TEXT NOT NULL,
     doc_id TEXT NOT NULL,
@@ -504,7 +510,7 @@ class SQLiteStore:
                 " (SELECT id FROM documents WHERE task_id = ?)",
                 (task_id,),
             )
-            for table in ("documents", "history", "results", "tasks"):
+            for table in ("documents", "history", "results", "task_results", "tasks"):
                 db.execute(f"DELETE FROM {table} WHERE task_id = ?", (task_id,))
 
     def _seal_task(self, task_id: str, total: int) -> None:
@@ -933,6 +939,47 @@ class SQLiteStore:
             )
             for r in rows
         }
+
+    async def put_task_result(self, task_id: str, result: dict[str, Any]) -> None:
+        """Store (replace) the task's own result."""
+        body = json.dumps(result, separators=(",", ":"))
+        await self._run(self._put_task_result, task_id, body)
+
+    def _put_task_result(self, task_id: str, body: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO task_results (task_id, body) VALUES (?, ?)"
+                " ON CONFLICT (task_id) DO UPDATE SET body = excluded.body",
+                (task_id, body),
+            )
+
+    async def get_task_result(self, task_id: str) -> dict[str, Any] | None:
+        """Return the task's own result, or None."""
+        rows = await self._run(
+            self._fetchall,
+            "SELECT body FROM task_results WHERE task_id = ?",
+            (task_id,),
+        )
+        return json.loads(rows[0]["body"]) if rows else None
+
+    async def page_completed(
+        self,
+        task_id: str,
+        *,
+        after: tuple[datetime, int] | None = None,
+        limit: int = 100,
+    ) -> list[DocumentCheckpoint]:
+        """Return completed documents in the order they finished, after ``after``."""
+        at, seq = (after[0].timestamp(), after[1]) if after else (-1.0, -1)
+        rows = await self._run(
+            self._fetchall,
+            f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE task_id = :task_id"
+            " AND state = 'completed' AND (finished_at > :at"
+            " OR (finished_at = :at AND seq > :seq))"
+            " ORDER BY finished_at, seq LIMIT :limit",
+            {"task_id": task_id, "at": at, "seq": seq, "limit": limit},
+        )
+        return [checkpoint_from_row(r) for r in rows]
 
     # Documents on the control path
 

@@ -418,3 +418,20 @@ async def test_task_status_reads_task_and_counts_together(store):
     assert (counts.completed, counts.running, counts.pending) == (1, 1, 2)
     with pytest.raises(TaskNotFound):
         await store.task_status(task_id, tenant="someone-else")
+
+
+async def test_completed_documents_page_in_the_order_they_finished(store):
+    task_id = await make_task(store, 5)
+    t0 = utcnow()
+    for i, doc_id in enumerate(["d00003", "d00001", "d00004"]):
+        [c] = await store.claim(task_id, "w", doc_ids=[doc_id], lease_seconds=LEASE)
+        await store.settle(task_id, [done(c)], now=t0 + timedelta(seconds=i))
+    first = await store.page_completed(task_id, limit=2)
+    assert [d.doc_id for d in first] == ["d00003", "d00001"]
+    cursor = (first[-1].finished_at, first[-1].seq)
+    rest = await store.page_completed(task_id, after=cursor)
+    assert [d.doc_id for d in rest] == ["d00004"]
+    assert await store.get_task_result(task_id) is None
+    await store.put_task_result(task_id, {"graph": 1, "cursor": [1, 2]})
+    await store.put_task_result(task_id, {"graph": 2})
+    assert await store.get_task_result(task_id) == {"graph": 2}
