@@ -9,6 +9,7 @@ Several are separated by commas. Known places:
 - ``after-checkpoint``: an outcome written durably, its worker not yet told.
 - ``lease-extension``: between two tasks' lease extensions in a heartbeat.
 - ``mid-group-write``: half of a grouped checkpoint write done, half not.
+- ``mid-finalize``: a batch of a finalize phase merged and checkpointed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ import signal
 logger = logging.getLogger(__name__)
 
 KNOWN = frozenset(
-    {"after-claim", "after-checkpoint", "lease-extension", "mid-group-write"}
+    {
+        "after-claim",
+        "after-checkpoint",
+        "lease-extension",
+        "mid-group-write",
+        "mid-finalize",
+    }
 )
 _armed: dict[str, int] = {}
 

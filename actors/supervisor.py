@@ -30,6 +30,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -42,6 +43,7 @@ from actors.core import Actor, ChildSpec, RestartLimitReached, Supervision
 from actors.errors import BrokerError
 from actors.messages import ControlMessage, DocumentJob
 from actors.processors import Processor, load_processor
+from actors.processors.base import Merging
 from actors.worker import DocumentWorker, Finished, WorkItem, released
 from store.base import CheckpointStore
 from store.errors import StoreError, TaskNotFound, TransitionRefused
@@ -51,7 +53,8 @@ from store.states import DocumentState, TaskState
 logger = logging.getLogger(__name__)
 
 T = TaskState
-LIVE_STATES = (T.RUNNING, T.PAUSING, T.CANCELLING)
+LIVE_STATES = (T.RUNNING, T.PAUSING, T.CANCELLING, T.FINALIZING)
+FINALIZE_BATCH = 100
 ENDED_STATES = (T.CANCELLED, T.COMPLETED, T.COMPLETED_WITH_FAILURES, T.FAILED)
 
 
@@ -190,6 +193,7 @@ class Supervisor(Actor):
         # Set while no suspect document is claimed here (see _pump).
         self._isolation = asyncio.Event()
         self._isolation.set()
+        self._finalizing: set[str] = set()
         self.started_documents = 0
 
     # Lifecycle
@@ -403,6 +407,8 @@ class Supervisor(Actor):
             await self._close(run)
         if task.state in (T.PAUSING, T.CANCELLING):
             await self._settle_task(task)
+        elif task.state is T.FINALIZING:
+            await self._adopt_finalize(task)
 
     def _new_run(self, task: Task) -> TaskRun:
         run = TaskRun(
@@ -839,13 +845,21 @@ class Supervisor(Actor):
     async def _complete(self, task: Task, failed: int) -> None:
         if failed and not task.config.use_checkpoints:
             target = T.FAILED
+        elif isinstance(self._processor_of(task), Merging):
+            await self._begin_finalize(task)
+            return
         else:
             target = T.COMPLETED_WITH_FAILURES if failed else T.COMPLETED
+        await self._end(task, target, failed, expected=T.RUNNING)
+
+    async def _end(
+        self, task: Task, target: TaskState, failed: int, *, expected: TaskState
+    ) -> None:
         try:
             done = await self.store.transition_task(
                 task.task_id,
                 target,
-                expected=[T.RUNNING],
+                expected=[expected],
                 reason=f"{failed} documents failed" if failed else None,
             )
         except TransitionRefused:
@@ -853,6 +867,88 @@ class Supervisor(Actor):
         logger.info("task ended task_id=%s state=%s", task.task_id, target)
         await self.broker.delete_jobs(task.task_id)
         await self._after_change(done)
+
+    # Finalize
+
+    def _processor_of(self, task: Task) -> Processor:
+        run = self.runs.get(task.task_id)
+        return run.processor if run is not None else self.processors(task.type)
+
+    async def _begin_finalize(self, task: Task) -> None:
+        # The claim on the phase is written before the transition, so that no
+        # other supervisor finds a finalizing task with a stale heartbeat.
+        await self._finalize_heartbeat(task.task_id)
+        try:
+            moving = await self.store.transition_task(
+                task.task_id,
+                T.FINALIZING,
+                expected=[T.RUNNING],
+                reason="merging the documents' results",
+            )
+        except TransitionRefused:
+            return
+        await self._after_change(moving)
+
+    async def _finalize_heartbeat(self, task_id: str) -> None:
+        state = await self.store.get_task_result(task_id) or {}
+        state.update(owner=self.config.owner, heartbeat=time.time())
+        await self.store.put_task_result(task_id, state)
+
+    async def _adopt_finalize(self, task: Task) -> None:
+        """Run a finalizing task's phase here, unless it is alive elsewhere."""
+        if task.task_id in self._finalizing or self._stopping:
+            return
+        state = await self.store.get_task_result(task.task_id) or {}
+        mine = state.get("owner") == self.config.owner
+        stale = (
+            time.time() - float(state.get("heartbeat", 0)) > self.config.lease_seconds
+        )
+        if mine or stale:
+            self._finalizing.add(task.task_id)
+            self._spawn(self._finalize(task.task_id))
+
+    async def _finalize(self, task_id: str) -> None:
+        try:
+            await self._merge_all(task_id)
+        finally:
+            self._finalizing.discard(task_id)
+
+    async def _merge_all(self, task_id: str) -> None:
+        """Merge completed documents' results batch by batch, checkpointed.
+
+        The cursor is the last merged document's (finished_at, seq): after a
+        kill the phase resumes from it, and documents completed later (after a
+        retry-failed) come after it and are merged once.
+        """
+        task = await self.store.get_task(task_id)
+        processor = self._processor_of(task)
+        if not isinstance(processor, Merging):
+            raise TypeError(f"processor {processor.name!r} has no merge phase")
+        state = await self.store.get_task_result(task_id) or {}
+        while task.state is T.FINALIZING:
+            cursor = decode_cursor(state.get("cursor"))
+            page = await self.store.page_completed(
+                task_id, after=cursor, limit=FINALIZE_BATCH
+            )
+            if not page:
+                break
+            results = [await self.store.get_result(task_id, d.doc_id) for d in page]
+            loop = asyncio.get_running_loop()
+            state["result"] = await loop.run_in_executor(
+                None, processor.merge, state.get("result"), [r for r in results if r]
+            )
+            last = page[-1]
+            finished = last.finished_at or last.updated_at  # completed: always set
+            state["cursor"] = [finished.isoformat(), last.seq]
+            state["documents"] = int(state.get("documents", 0)) + len(page)
+            state.update(owner=self.config.owner, heartbeat=time.time())
+            await self.store.put_task_result(task_id, state)
+            failpoints.hit("mid-finalize")
+            task = await self.store.get_task(task_id)
+        if task.state is T.FINALIZING:
+            failed = (await self.store.counts(task_id)).failed
+            target = T.COMPLETED_WITH_FAILURES if failed else T.COMPLETED
+            await self._end(task, target, failed, expected=T.FINALIZING)
 
     # Leases
 
@@ -886,6 +982,13 @@ class Supervisor(Actor):
             entry = run.inflight.get(doc_id)
             if entry is not None and entry[1].fence == fence:
                 entry[0].interrupt(run.task_id, DocumentState.PENDING)
+
+
+def decode_cursor(raw: Any) -> tuple[datetime, int] | None:
+    """Return a finalize cursor as stored (an ISO time and a seq), or None."""
+    if not raw:
+        return None
+    return datetime.fromisoformat(raw[0]), int(raw[1])
 
 
 __all__ = ["Supervisor", "SupervisorConfig", "default_owner", "released"]

@@ -196,6 +196,8 @@ class TaskResult(BaseModel):
 
     task_id: str
     result: dict[str, Any]
+    documents_merged: int = Field(description="completed documents merged so far")
+    final: bool = Field(description="false while the task is still finalizing")
 
 
 class TransitionEvent(BaseModel):

@@ -20,7 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from actors.errors import BrokerError
 from gateway import intake
-from gateway.api import ApiError, DocumentPage, DocumentResult, TaskList
+from gateway.api import ApiError, DocumentPage, DocumentResult, TaskList, TaskResult
 from gateway.context import TASK_ID, context_of
 from gateway.responses import json_response
 from gateway.views import document_view, task_status, task_summary
@@ -248,13 +248,22 @@ async def document_result(request: web.Request) -> web.Response:
 
 
 async def task_result(request: web.Request) -> web.Response:
-    """``GET .../result``: the task's merged result.
+    """``GET .../result``: the task's merged result, for types that merge.
 
-    No task type merges yet: every answer is 404 ``no_merged_result`` until
-    GraphRAG's finalize phase stores its merged graph.
+    The finalize phase (GraphRAG's merged graph) checkpoints it batch by batch;
+    while the task is still finalizing the answer is the merge so far.
     """
     task = await load_task(request)
-    raise not_found(
-        "no_merged_result",
-        f"task {task.task_id!r} of type {task.type!r} has no merged result",
+    state = await context_of(request).store.get_task_result(task.task_id)
+    if not state or state.get("result") is None:
+        raise not_found(
+            "no_merged_result",
+            f"task {task.task_id!r} of type {task.type!r} has no merged result",
+        )
+    body = TaskResult(
+        task_id=task.task_id,
+        result=state["result"],
+        documents_merged=int(state.get("documents", 0)),
+        final=task.state in (TaskState.COMPLETED, TaskState.COMPLETED_WITH_FAILURES),
     )
+    return json_response(body)

@@ -494,3 +494,23 @@ async def test_store_connection_cut_and_restored_through_a_proxy(
         await store.stop()
         await proxy.outage()
         await delete_prefixed(broker_prefix)
+
+
+async def test_finalize_killed_midway_is_adopted_and_finished(cluster):
+    store = cluster.store
+    size = 250 if cluster.size > 100 else 120
+    task_id = await submit(store, size, type_="fault-merge")
+    first = cluster.worker({"delay": 0.0}, failpoints="mid-finalize@1")
+    await eventually(lambda: _dead(first), within=60)
+    assert (await store.get_task(task_id)).state is T.FINALIZING
+    half = await store.get_task_result(task_id)
+    assert half["documents"] == 100
+
+    cluster.worker({"delay": 0.0})
+    task = await run_to_end(cluster, task_id)
+
+    assert task.state is T.COMPLETED
+    state = await store.get_task_result(task_id)
+    assert state["documents"] == size
+    assert len(state["result"]["docs"]) == size
+    await assert_invariants(store, task_id)

@@ -16,7 +16,7 @@ from store.sqlite import SQLiteStore
 from store.states import DocumentState as D
 from store.states import TaskState as T
 from tests.store.invariants import assert_counts_exact
-from tests.support.processors import ScriptedProcessor
+from tests.support.processors import MergingProcessor, ScriptedProcessor
 from tests.support.waiting import eventually
 
 
@@ -262,3 +262,45 @@ async def test_a_failing_provider_pauses_the_task_instead_of_burning_retries(tmp
         await env.control(task_id, "resume")
         done = await eventually(lambda: task_in(env.store, task_id, T.COMPLETED))
         assert done.reason is None
+
+
+async def test_a_merging_task_finalizes_and_retry_merges_only_the_new(tmp_path):
+    processor = MergingProcessor(permanent={"d0003"})
+    async with Embedded(tmp_path, processor, concurrency=4) as env:
+        task_id = await env.submit(250)
+        await eventually(lambda: task_in(env.store, task_id, T.COMPLETED_WITH_FAILURES))
+        history = [h.to_state for h in await env.store.history(task_id)]
+        assert history[-2:] == [T.FINALIZING, T.COMPLETED_WITH_FAILURES]
+        state = await env.store.get_task_result(task_id)
+        assert state["documents"] == 249
+        assert len(state["result"]["docs"]) == 249
+        assert "d0003" not in state["result"]["docs"]
+        assert processor.merges == 3  # 100 + 100 + 49
+
+        processor.permanent.clear()
+        await env.control(task_id, "retry-failed")
+        await eventually(lambda: _attempted(processor, "d0003", 2))
+        await eventually(lambda: task_in(env.store, task_id, T.COMPLETED))
+        state = await env.store.get_task_result(task_id)
+        assert state["documents"] == 250
+        assert len(state["result"]["docs"]) == 250
+        assert processor.merges == 4  # only the one new document
+
+
+async def test_finalizing_can_be_paused_and_resumed(tmp_path):
+    processor = MergingProcessor(merge_delay=0.2)
+    async with Embedded(tmp_path, processor, concurrency=4) as env:
+        task_id = await env.submit(500)
+        await eventually(lambda: task_in(env.store, task_id, T.FINALIZING))
+        await env.control(task_id, "pause")
+        await eventually(lambda: task_in(env.store, task_id, T.PAUSED))
+        await asyncio.sleep(0.5)
+        merged_then = (await env.store.get_task_result(task_id))["documents"]
+        assert merged_then < 500
+        await asyncio.sleep(0.4)
+        assert (await env.store.get_task_result(task_id))["documents"] == merged_then
+
+        await env.control(task_id, "resume")
+        await eventually(lambda: task_in(env.store, task_id, T.COMPLETED))
+        state = await env.store.get_task_result(task_id)
+        assert (state["documents"], len(state["result"]["docs"])) == (500, 500)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,3 +65,23 @@ class ScriptedProcessor:
         if self.attempts[ctx.doc_id] <= self.transient.get(ctx.doc_id, 0):
             raise TransientError(f"provider busy for {ctx.doc_id!r}")
         return {"doc": ctx.doc_id, "attempt": ctx.attempt}
+
+
+@dataclass
+class MergingProcessor(ScriptedProcessor):
+    """A scripted processor whose task ends with a finalize phase.
+
+    Its merge keeps the sorted ids of the merged documents and counts the
+    merge calls; ``merge_delay`` slows each batch down (seconds, on a thread).
+    """
+
+    name: str = "merging"
+    merge_delay: float = 0.0
+    merges: int = 0
+
+    def merge(self, base: dict[str, Any] | None, results: list[dict[str, Any]]):
+        self.merges += 1
+        if self.merge_delay:
+            time.sleep(self.merge_delay)
+        docs = set((base or {}).get("docs", [])) | {r["doc"] for r in results}
+        return {"docs": sorted(docs)}

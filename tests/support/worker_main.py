@@ -43,13 +43,22 @@ class FaultProcessor:
         return {"doc": ctx.doc_id, "by": os.getpid()}
 
 
+class MergingFaultProcessor(FaultProcessor):
+    name = "fault-merge"
+
+    def merge(self, base: dict[str, Any] | None, results: list[dict[str, Any]]):
+        docs = set((base or {}).get("docs", [])) | {r["doc"] for r in results}
+        return {"docs": sorted(docs)}
+
+
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    fault = FaultProcessor(json.loads(os.environ.get("TEST_PROCESSOR", "{}")))
+    spec = json.loads(os.environ.get("TEST_PROCESSOR", "{}"))
+    ours = {"fault": FaultProcessor(spec), "fault-merge": MergingFaultProcessor(spec)}
 
     def lookup(name: str):
-        return fault if name == "fault" else load_processor(name)
+        return ours[name] if name in ours else load_processor(name)
 
     asyncio.run(run_worker(settings, processors=lookup))
 
