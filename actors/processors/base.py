@@ -120,3 +120,24 @@ class Processor(Protocol):
             PermanentError: fail the document now.
         """
         ...
+
+
+@runtime_checkable
+class Merging(Protocol):
+    """A processor whose task ends with a finalize phase that merges results.
+
+    After the last document, the task passes through ``finalizing``: the
+    supervisor feeds the completed documents' results to :meth:`merge` in the
+    order they completed, a batch at a time, and checkpoints the merged result
+    with its cursor after each batch. ``merge`` must be deterministic and
+    associative over batches: merging in two batches or in one gives the same.
+    It runs on a thread (it may be CPU-bound).
+    """
+
+    name: str
+
+    def merge(
+        self, base: dict[str, Any] | None, results: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Return ``base`` (None at first) with ``results`` merged into it."""
+        ...
