@@ -41,6 +41,7 @@ from actors.checkpointer import Checkpointer
 from actors.control import apply_control
 from actors.core import Actor, ChildSpec, RestartLimitReached, Supervision
 from actors.errors import BrokerError
+from actors.llm import LLMBackend
 from actors.messages import ControlMessage, DocumentJob
 from actors.processors import Processor, load_processor
 from actors.processors.base import Merging
@@ -164,6 +165,7 @@ class Supervisor(Actor):
         broker: the broker (started by the caller).
         config: how to run.
         processors: finds the processor of a task type.
+        llm: the process's LLM backend, shared by every worker.
     """
 
     def __init__(
@@ -173,8 +175,10 @@ class Supervisor(Actor):
         config: SupervisorConfig | None = None,
         *,
         processors: Callable[[str], Processor] = load_processor,
+        llm: LLMBackend | None = None,
     ) -> None:
         super().__init__("supervisor")
+        self.llm = llm
         self.store = store
         self.broker = broker
         self.config = config or SupervisorConfig()
@@ -290,6 +294,7 @@ class Supervisor(Actor):
             may_start=self._may_start,
             report=self._on_finished,
             time_limit=self.config.time_limit,
+            llm=self.llm,
         )
         self.idle.append(worker)
         return worker

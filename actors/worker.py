@@ -20,6 +20,7 @@ from typing import Any
 from actors import failpoints
 from actors.checkpointer import Checkpointer
 from actors.core import Actor
+from actors.llm import LLMBackend
 from actors.processors.base import Processor, ProcessorContext
 from store.base import CheckpointStore
 from store.errors import StaleFence, StoreError
@@ -71,6 +72,7 @@ class DocumentWorker(Actor):
         may_start: asked right before a document starts; False releases it.
         report: called with a :class:`Finished` once the outcome is durable.
         time_limit: the longest one attempt may run, in seconds.
+        llm: the process's LLM backend, handed to processors in their context.
     """
 
     def __init__(
@@ -82,8 +84,10 @@ class DocumentWorker(Actor):
         may_start: Callable[[WorkItem], bool],
         report: Callable[[Finished], None],
         time_limit: float,
+        llm: LLMBackend | None = None,
     ) -> None:
         super().__init__(name)
+        self.llm = llm
         self.store = store
         self.checkpointer = checkpointer
         self.may_start = may_start
@@ -132,6 +136,7 @@ class DocumentWorker(Actor):
             attempt=claim.attempt,
             fence=claim.fence,
             store=self.store,
+            llm=self.llm,
         )
         started = time.monotonic()
         try:

@@ -27,6 +27,7 @@ from actors import failpoints
 from actors.broker import Broker
 from actors.broker_memory import MemoryBroker
 from actors.broker_rabbitmq import RabbitBroker
+from actors.llm import LLMBackend, make_llm
 from actors.processors import Processor, load_processor
 from actors.supervisor import Supervisor, SupervisorConfig
 from gateway.settings import Settings
@@ -89,6 +90,24 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(signum, on_signal, signum)
 
 
+@contextlib.asynccontextmanager
+async def provider(settings: Settings) -> AsyncIterator[LLMBackend]:
+    """The process's LLM backend, shared by every worker; closed at the end."""
+    llm = make_llm(
+        settings.llm_backend,
+        base_url=settings.llm_base_url or None,
+        api_key=settings.llm_api_key or None,
+        model=settings.llm_model,
+        embedding_model=settings.llm_embedding_model or None,
+        concurrency=settings.llm_concurrency,
+        timeout=settings.llm_timeout,
+    )
+    try:
+        yield llm
+    finally:
+        await llm.stop()
+
+
 async def run_worker(
     settings: Settings, *, processors: Callable[[str], Processor] = load_processor
 ) -> None:
@@ -96,23 +115,14 @@ async def run_worker(
     failpoints.configure(settings.failpoints)
     stop = asyncio.Event()
     stop_on_signals(stop)
-    async with connected(settings) as (store, broker):
+    async with connected(settings) as (store, broker), provider(settings) as llm:
         supervisor = Supervisor(
-            store, broker, supervisor_config(settings), processors=processors
+            store, broker, supervisor_config(settings), processors=processors, llm=llm
         )
         await supervisor.start()
-        logger.info(
-            "worker running store=%s broker=%s",
-            settings.store_url.split("@")[-1],
-            "in-process"
-            if settings.embedded_broker
-            else settings.broker_url.split("@")[-1],
-        )
-        stopped = asyncio.create_task(supervisor.join())
-        signalled = asyncio.create_task(stop.wait())
-        await asyncio.wait({stopped, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        logger.info("worker running %s", describe(settings))
+        await _until_stopped(supervisor, stop)
         await supervisor.stop(timeout=settings.drain_timeout + 30)
-        signalled.cancel()
 
 
 GATEWAY_SHUTDOWN_TIMEOUT = 5.0
@@ -200,9 +210,9 @@ async def run_all(
     failpoints.configure(settings.failpoints)
     stop = asyncio.Event()
     stop_on_signals(stop)
-    async with connected(settings) as (store, broker):
+    async with connected(settings) as (store, broker), provider(settings) as llm:
         supervisor = Supervisor(
-            store, broker, supervisor_config(settings), processors=processors
+            store, broker, supervisor_config(settings), processors=processors, llm=llm
         )
         await supervisor.start()
         try:

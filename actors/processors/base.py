@@ -20,13 +20,23 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    runtime_checkable,
+)
 
 from store.base import CheckpointStore
 from store.errors import TaskpointError
 from store.models import DocumentContent, Task, TokenUsage
+
+if TYPE_CHECKING:
+    from actors.llm import LLMBackend
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -86,6 +96,8 @@ class ProcessorContext:
         fence: the fencing token of this attempt's lease.
         tokens: where the processor records the tokens it spends; failed and
             cancelled attempts count too.
+        llm: the process's LLM backend, shared by every worker; None when the
+            process has none configured.
     """
 
     task: Task
@@ -94,6 +106,7 @@ class ProcessorContext:
     fence: int
     store: CheckpointStore
     tokens: TokenLedger = field(default_factory=TokenLedger)
+    llm: LLMBackend | None = None
 
     async def content(self) -> DocumentContent:
         """Load the document's text or URI from the store."""
@@ -104,6 +117,31 @@ class ProcessorContext:
         """Run a CPU-bound function on a thread, off the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+
+async def run_all(calls: Iterable[Awaitable[R]]) -> list[R]:
+    """Await ``calls`` concurrently and return their results in order.
+
+    The first failure cancels the rest and is raised as itself (not wrapped in
+    an exception group), so that the worker still sees whether it is
+    transient or permanent.
+    """
+    tasks: list[asyncio.Task[R]] = []
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_awaited(call)) for call in calls]
+    except BaseExceptionGroup as failures:
+        raise _first_leaf(failures) from None
+    return [task.result() for task in tasks]
+
+
+async def _awaited(call: Awaitable[R]) -> R:
+    return await call
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 @runtime_checkable

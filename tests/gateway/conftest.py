@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,8 @@ import pytest
 from aiohttp import web
 
 from actors.broker_rabbitmq import RabbitBroker
+from actors.llm import LLMBackend
+from actors.processors import Processor
 from actors.supervisor import Supervisor, SupervisorConfig
 from gateway.api import Limits
 from gateway.app import make_app
@@ -66,7 +68,13 @@ class Env:
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    tmp_path: Path, amqp_url: str, prefix: str, processor: ScriptedProcessor
+    tmp_path: Path,
+    amqp_url: str,
+    prefix: str,
+    processor: ScriptedProcessor,
+    *,
+    processors: Callable[[str], Processor] | None = None,
+    llm: LLMBackend | None = None,
 ) -> AsyncIterator[Env]:
     store = SQLiteStore(tmp_path / "cp.db", synchronous="normal")
     await store.start()
@@ -78,7 +86,8 @@ async def running_gateway(
         store,
         sv_broker,
         SupervisorConfig(sweep_interval=0.1, lease_seconds=5, concurrency=4),
-        processors=lambda _: processor,
+        processors=processors or (lambda _: processor),
+        llm=llm,
     )
     await supervisor.start()
     app = make_app(Settings(), store, gw_broker, limits=SMALL, publish_timeout=2)
