@@ -74,6 +74,13 @@ class TaskStatus(BaseModel):
     retry_wait_documents: int
     cancelled_documents: int
     token_count: Tokens
+    tokens_estimated: bool = Field(
+        description="true when the counts are estimates (the local backend)"
+    )
+    tokens_to_spend: int | None = Field(
+        description="estimate for the open documents, at the pace so far"
+    )
+    token_budget: int | None = Field(description="the task's budget, if any")
     created_at: datetime
     started_at: datetime | None
     paused_at: datetime | None

@@ -67,8 +67,25 @@ def pace(task: Task, counts: TaskCounts, now: datetime) -> tuple[float | None, .
     return throughput, eta
 
 
+def tokens_to_spend(task: Task, counts: TaskCounts) -> int | None:
+    """Estimate the tokens the open documents will spend, at the pace so far.
+
+    The tokens spent (failed attempts included) per document that reached an
+    outcome, times the documents still open; None before any outcome.
+    """
+    settled = counts.completed + counts.failed
+    if not settled:
+        return None
+    return round(task.tokens.total / settled * counts.open)
+
+
 def task_status(
-    task: Task, counts: TaskCounts, failed: list[DocumentCheckpoint], limit: int
+    task: Task,
+    counts: TaskCounts,
+    failed: list[DocumentCheckpoint],
+    limit: int,
+    *,
+    estimated: bool = False,
 ) -> TaskStatus:
     """Return a task's detailed status from its row, counters and failed page."""
     throughput, eta = pace(task, counts, utcnow())
@@ -86,6 +103,9 @@ def task_status(
         retry_wait_documents=counts.retry_wait,
         cancelled_documents=counts.cancelled,
         token_count=tokens_of(task.tokens),
+        tokens_estimated=estimated,
+        tokens_to_spend=tokens_to_spend(task, counts),
+        token_budget=task.config.token_budget,
         created_at=task.created_at,
         started_at=task.started_at,
         paused_at=task.paused_at,

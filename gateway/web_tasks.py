@@ -210,7 +210,8 @@ async def status(request: web.Request) -> web.Response:
         failed = await store.page_documents(
             task.task_id, state=DocumentState.FAILED, after=after, limit=limit
         )
-    return json_response(task_status(task, counts, failed, limit))
+    estimated = ctx.settings.llm_backend == "local"
+    return json_response(task_status(task, counts, failed, limit, estimated=estimated))
 
 
 async def documents(request: web.Request) -> web.Response:

@@ -400,3 +400,16 @@ async def test_health_ready_and_metrics(env: Env) -> None:
     assert 'route="/api/v1/task/{task_id}/checkpoint-status",status="200"' in text
     assert "taskpoint_control_publish_seconds_bucket" in text
     env.processor.gate.set()
+
+
+async def test_status_estimates_the_tokens_still_to_spend(env):
+    env.processor.tokens = (6, 4)
+    env.processor.delay = 0.05
+    task_id = await env.submit(40, token_budget=100)
+    paused = await eventually(lambda: state_of(env, task_id, "paused"))
+    assert paused["token_budget"] == 100
+    assert "token budget of 100 reached" in paused["reason"]
+    spent = paused["token_count"]["total"]
+    settled = paused["completed_documents"] + paused["failed_documents"]
+    open_now = 40 - settled - paused["cancelled_documents"]
+    assert paused["tokens_to_spend"] == round(spent / settled * open_now)

@@ -53,6 +53,7 @@ async def test_raptor_tree_and_graphrag_graph_fetched_over_http(
                 lambda: state_of(env, raptor, "completed"), within=60
             )
             assert done["token_count"]["total"] > 0
+            assert done["tokens_to_spend"] == 0
             status, body, _ = await env.call(
                 "GET", f"{API}/task/{raptor}/documents/doc-1/result"
             )
@@ -88,7 +89,8 @@ async def test_local_backend_needs_no_network(tmp_path, amqp_url, broker_prefix)
         llm=llm,
     ) as env:
         task_id = await submit(env, "graphrag", 2)
-        await eventually(lambda: state_of(env, task_id, "completed"), within=60)
+        done = await eventually(lambda: state_of(env, task_id, "completed"), within=60)
+        assert done["tokens_estimated"] is True
         status, body, _ = await env.call("GET", f"{API}/task/{task_id}/result")
         assert status == 200
         assert body["result"]["entities"]
