@@ -29,7 +29,9 @@ import aiohttp
 from aiohttp import web
 
 from actors.broker_memory import MemoryBroker
+from gateway.api import ApiError
 from gateway.app import make_app
+from gateway.auth import Authenticator
 from gateway.settings import Settings
 from gateway.tokens import hash_token, new_token
 from store.models import DocumentInput, NewTask, Outcome
@@ -38,10 +40,14 @@ from store.states import DocumentState
 
 
 def baseline_app(store: SQLiteStore) -> web.Application:
+    # The same token check as the gateway's (its Authenticator), then one
+    # indexed read of the task row.
+    auth = Authenticator(store)
+
     async def handler(request: web.Request) -> web.Response:
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        tenant = await store.tenant_of_token(hash_token(token))
-        if tenant is None:
+        try:
+            tenant = await auth.tenant(request)
+        except ApiError:
             return web.json_response({"error": "unauthorized"}, status=401)
         task = await store.get_task(request.match_info["task_id"], tenant)
         return web.Response(

@@ -1,7 +1,8 @@
 """Authentication: bearer tokens found by their hash, and event-stream tickets.
 
-A token is looked up by its SHA-256 in the store (one indexed read); the
-token itself is never stored nor accepted in a URL. Browsers cannot send an
+A token is looked up by its SHA-256 in the store (one indexed read), and a
+known one is remembered for 30 s so that a busy client costs no read per
+request; the token itself is never stored nor accepted in a URL. Browsers cannot send an
 ``Authorization`` header on an ``EventSource``, so an authenticated client
 trades its token for a ticket: random, bound to one tenant and one task,
 usable once, expiring after a minute. Tickets live in this process's memory:
@@ -25,6 +26,10 @@ from store.base import CheckpointStore
 
 TICKET_SECONDS = 60.0
 MAX_TICKETS = 10_000
+# Known tokens are remembered this long, so a busy client costs no store read
+# per request; a token deleted from the store stops working within it.
+TOKEN_CACHE_SECONDS = 30.0
+MAX_CACHED_TOKENS = 10_000
 CHALLENGE = 'Bearer realm="taskpoint"'
 
 
@@ -51,6 +56,7 @@ class Authenticator:
         self.store = store
         self.ticket_seconds = ticket_seconds
         self._tickets: dict[str, Ticket] = {}
+        self._known: dict[str, tuple[str, float]] = {}
 
     async def tenant(self, request: web.Request) -> str:
         """Return the tenant of the request's bearer token.
@@ -64,10 +70,23 @@ class Authenticator:
             raise unauthorized("missing Authorization header: send 'Bearer <token>'")
         if scheme.lower() != "bearer" or not token.strip():
             raise unauthorized("the Authorization header must be 'Bearer <token>'")
-        tenant = await self.store.tenant_of_token(hash_token(token.strip()))
+        tenant = await self._tenant_of(hash_token(token.strip()))
         if tenant is None:
             raise unauthorized("unknown or revoked token", error="invalid_token")
         request[TENANT] = tenant
+        return tenant
+
+    async def _tenant_of(self, token_hash: str) -> str | None:
+        now = time.monotonic()
+        known = self._known.get(token_hash)
+        if known is not None and known[1] > now:
+            return known[0]
+        tenant = await self.store.tenant_of_token(token_hash)
+        if tenant is not None:
+            # Only known tokens are remembered: a new token works at once.
+            if len(self._known) >= MAX_CACHED_TOKENS:
+                self._known.clear()
+            self._known[token_hash] = (tenant, now + TOKEN_CACHE_SECONDS)
         return tenant
 
     def issue(self, tenant: str, task_id: str) -> EventTicket:

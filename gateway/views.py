@@ -90,7 +90,9 @@ def task_status(
     """Return a task's detailed status from its row, counters and failed page."""
     throughput, eta = pace(task, counts, utcnow())
     finished = counts.completed + counts.failed + counts.cancelled
-    return TaskStatus(
+    # Built from validated store models: construct without validating again
+    # (this is the hot read of the API).
+    return TaskStatus.model_construct(
         task_id=task.task_id,
         type=task.type,
         state=task.state,
