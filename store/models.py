@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from store.states import DocumentState, TaskState
 
@@ -62,6 +62,23 @@ class TaskConfig(Frozen):
     backoff_cap: float = Field(300.0, gt=0, description="longest retry delay, seconds")
     concurrency: int | None = Field(None, ge=1, description="documents in flight")
     token_budget: int | None = Field(None, ge=1)
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:/@-]+$",
+        description="the provider's model for this task; never a URL",
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _not_a_url(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value:
+            raise ValueError(
+                f"model {value!r} looks like a URL: a task names a model, the "
+                "endpoint comes from the settings"
+            )
+        return value
 
     @model_validator(mode="after")
     def _cap_covers_base(self) -> Self:

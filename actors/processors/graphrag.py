@@ -162,7 +162,11 @@ class GraphRAGProcessor:
         self, ctx: ProcessorContext, llm: LLMBackend, messages: list[dict[str, str]]
     ) -> str:
         return await llm.chat(
-            messages, ledger=ctx.tokens, max_tokens=EXTRACT_TOKENS, json_mode=True
+            messages,
+            ledger=ctx.tokens,
+            max_tokens=EXTRACT_TOKENS,
+            json_mode=True,
+            model=ctx.task.config.model,
         )
 
 

@@ -124,7 +124,12 @@ class RaptorProcessor:
             system_message(TASK_SUMMARISE, SUMMARY_INSTRUCTIONS),
             {"role": "user", "content": "\n\n".join(n["text"] for n in nodes)},
         ]
-        summary = await llm.chat(messages, ledger=ctx.tokens, max_tokens=SUMMARY_TOKENS)
+        summary = await llm.chat(
+            messages,
+            ledger=ctx.tokens,
+            max_tokens=SUMMARY_TOKENS,
+            model=ctx.task.config.model,
+        )
         if not summary.strip():
             raise TransientError(
                 f"document {ctx.doc_id!r}: the model returned an empty summary"

@@ -68,3 +68,12 @@ def test_published_schema_matches_the_model():
     jsonschema.validate({"task_id": "t", "action": "retry_failed"}, published)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"task_id": "t", "action": "stop"}, published)
+
+
+def test_a_task_names_a_model_never_a_url():
+    from store.models import TaskConfig
+
+    assert TaskConfig(model="llama3:8b").model == "llama3:8b"
+    assert TaskConfig(model="meta-llama/Llama-3-8B").model == "meta-llama/Llama-3-8B"
+    with pytest.raises(ValidationError, match="URL"):
+        TaskConfig(model="http://evil.example/v1")

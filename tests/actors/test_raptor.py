@@ -230,3 +230,13 @@ async def test_http_documents_are_fetched_with_a_size_limit(tmp_path, backend):
     assert big.error.permanent
     assert "HTTP 404" in gone.error.message
     assert gone.error.permanent
+
+
+async def test_a_task_picks_its_model_from_its_config(tmp_path, fake, backend):
+    processor = RaptorProcessor(llm=backend, chunk_size=200, overlap=40, branching=3)
+    async with Embedded(tmp_path, processor, concurrency=2) as env:
+        task = await env.run({"d0": long_text(12)}, model="small-model:7b")
+        assert task.state is T.COMPLETED
+    chats = [c for c in fake.calls if c.path != "embeddings"]
+    assert chats
+    assert {c.model for c in chats} == {"small-model:7b"}
