@@ -81,7 +81,7 @@ class SupervisorConfig:
 
     concurrency: int = 8
     lease_seconds: float = 60.0
-    job_size: int = 50
+    job_size: int = 16
     sweep_interval: float = 1.0
     time_limit: float = 3600.0
     drain_timeout: float = 30.0
@@ -101,6 +101,7 @@ class TaskRun:
     subscription: Subscription | None = None
     room: asyncio.Event = field(default_factory=asyncio.Event)
     suspects: set[str] = field(default_factory=set)
+    claiming: int = 0
     stalled_sweeps: int = 0
     spent: int = 0
     failing_streak: int = 0
@@ -117,8 +118,13 @@ class TaskRun:
         return self.task.state is T.RUNNING
 
     def has_room(self) -> bool:
-        """Whether the buffer of claimed, unstarted documents has room."""
-        return len(self.ready) < self.capacity
+        """Whether the buffer of claimed, unstarted documents has room.
+
+        Claims on their way count too, so that several jobs arriving at once
+        do not all claim into the same room. A job larger than the buffer is
+        let through when the buffer is empty.
+        """
+        return len(self.ready) + self.claiming < self.capacity
 
     def over_budget(self) -> bool:
         """Whether the tokens spent reached the task's budget."""
@@ -419,7 +425,7 @@ class Supervisor(Actor):
         run = TaskRun(
             task=task,
             processor=self.processors(task.type),
-            capacity=max(2 * self.config.concurrency, self.config.job_size),
+            capacity=2 * self.config.concurrency,
         )
         run.room.set()
         run.spent = task.tokens.total
@@ -505,6 +511,18 @@ class Supervisor(Actor):
             await delivery.ack()
             return
         await self._wait_to_claim(run, job)
+        # Reserved with no await since the room was seen (see has_room).
+        run.claiming += len(job.doc_ids)
+        try:
+            await self._claim_job(run, job, delivery)
+        finally:
+            run.claiming -= len(job.doc_ids)
+            if run.has_room():
+                run.room.set()
+
+    async def _claim_job(
+        self, run: TaskRun, job: DocumentJob, delivery: Delivery
+    ) -> None:
         if not run.is_open or run.subscription is None:
             # Paused or cancelled meanwhile: the job goes back to its queue (a
             # cancelled subscription has already requeued it).
@@ -541,16 +559,18 @@ class Supervisor(Actor):
             await self._admit(run, claims, suspect=job.suspect)
 
     async def _wait_to_claim(self, run: TaskRun, job: DocumentJob) -> None:
-        """Wait for room in the task's buffer, and out of any isolation."""
-        while run.is_open and not run.has_room():
-            run.room.clear()
-            await run.room.wait()
+        """Wait out any isolation, then for room in the task's buffer."""
         while not self._isolation.is_set():
             await self._isolation.wait()
         if job.suspect:
             # Reserve the isolation before claiming (no await in between):
             # one suspect at a time is claimed here, so a crash charges one.
+            # It needs no room: the buffer is given back before it runs.
             self._isolation.clear()
+            return
+        while run.is_open and not run.has_room():
+            run.room.clear()
+            await run.room.wait()
 
     async def _release_unstarted(self) -> None:
         # A suspect is about to run alone: claims that have not started are

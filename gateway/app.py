@@ -29,7 +29,7 @@ from aiohttp.typedefs import Handler
 
 from actors.broker import Broker
 from actors.errors import BrokerError, BrokerUnavailable
-from gateway import openapi
+from gateway import openapi, web_ui
 from gateway.api import ApiError, Health, Limits
 from gateway.auth import Authenticator
 from gateway.context import (
@@ -87,6 +87,7 @@ def make_app(
         publish_timeout=publish_timeout,
     )
     add_routes(app, all_routes())
+    web_ui.add_ui_routes(app)
     app.cleanup_ctx.append(broadcasts)
     app.on_shutdown.append(end_streams)
     return app

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     )
     worker_concurrency: int = Field(8, ge=1, le=4096)
     lease_seconds: float = Field(60.0, gt=0, description="lease of a claimed document")
-    job_size: int = Field(50, ge=1, le=1000, description="document ids per job message")
+    job_size: int = Field(16, ge=1, le=1000, description="document ids per job message")
     sweep_interval: float = Field(1.0, gt=0, description="seconds between sweeps")
     document_time_limit: float = Field(
         3600.0, gt=0, description="longest single attempt at a document, seconds"

@@ -7,6 +7,8 @@
 #   scripts/services.sh rabbitmq-stop   stop RabbitMQ
 #   scripts/services.sh mongoeco-venv   make .services/mongoeco-venv: Python
 #                                       3.13 with the MongoDB-protocol server
+#   scripts/services.sh chromium        install Debian's chromium unless
+#                                       /usr/bin/chromium exists (browser tests)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -84,9 +86,20 @@ mongoeco_venv() {
   touch "$venv/.installed-$MONGOECO_VERSION"
 }
 
+chromium() {
+  # Playwright drives Debian's build: no browser is downloaded.
+  [[ -x /usr/bin/chromium ]] && return 0
+  say "installing chromium from Debian's packages"
+  apt-get update -qq >/dev/null \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+    || die "could not install chromium"
+  [[ -x /usr/bin/chromium ]] || die "chromium installed but /usr/bin/chromium is missing"
+}
+
 case "${1:-}" in
   rabbitmq) rabbitmq ;;
   rabbitmq-stop) rabbitmq_stop ;;
   mongoeco-venv) mongoeco_venv ;;
-  *) die "usage: $0 rabbitmq|rabbitmq-stop|mongoeco-venv" ;;
+  chromium) chromium ;;
+  *) die "usage: $0 rabbitmq|rabbitmq-stop|mongoeco-venv|chromium" ;;
 esac

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/services.sh mongoeco-venv
+scripts/services.sh chromium
 
 started=$(scripts/services.sh rabbitmq)
 if [[ $started == started ]]; then
