@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from actors.llm import LocalBackend, OpenAIBackend
+from actors.llm import LocalBackend
 from actors.processors.graphrag import (
     GraphRAGProcessor,
     GraphReplyError,
@@ -18,25 +18,13 @@ from actors.processors.graphrag import (
 )
 from store.states import TaskState as T
 from tests.store.invariants import assert_counts_exact
-from tests.support.fake_llm import Embedded, FakeLLM, usage_for
+from tests.support.fake_llm import Embedded, usage_for
 
 DOCS = {
     "a": "Alice met Bob in Paris. Bob wrote to Carol.",
     "b": "Carol visited Paris with Dave. Alice stayed home.",
     "c": "Dave and Erin founded Acme. Acme hired Alice.",
 }
-
-
-@pytest.fixture
-async def fake():
-    async with FakeLLM() as server:
-        yield server
-
-
-@pytest.fixture
-async def backend(fake):
-    async with OpenAIBackend(fake.url, None, "fake-model", timeout=5) as made:
-        yield made
 
 
 def spent_at(fake):

@@ -16,7 +16,7 @@ from actors.processors.raptor import (
 from actors.processors.text import sentences
 from store.states import TaskState as T
 from tests.store.invariants import assert_counts_exact
-from tests.support.fake_llm import Embedded, FakeLLM, embedding, reply_for, usage_for
+from tests.support.fake_llm import Embedded, embedding, reply_for, usage_for
 
 APPLES = (
     "Apple orchards grow sweet fruit in autumn. Pickers fill baskets with ripe "
@@ -26,18 +26,6 @@ ROCKETS = (
     "Rocket engines burn fuel to launch payloads. Engineers test the rocket "
     "engine before launch. Fuel tanks feed the engine during ascent."
 )
-
-
-@pytest.fixture
-async def fake():
-    async with FakeLLM() as server:
-        yield server
-
-
-@pytest.fixture
-async def backend(fake):
-    async with OpenAIBackend(fake.url, None, "fake-model", timeout=5) as made:
-        yield made
 
 
 def spent_at(fake):
