@@ -695,12 +695,21 @@ class Supervisor(Actor):
             ):
                 self._spawn(self._fail_legacy(finished.item.task, outcome))
         if run is not None and not run.inflight:
-            # Without waiting for the sweep: a paused or cancelled task may
-            # settle, a running one may have ended.
-            self.tell(StateIn(task_id) if not run.is_open else Idle(task_id))
+            self._look_again(run)
         if not self._inflight_total():
             self._quiet.set()
         self._pump()
+
+    def _look_again(self, run: TaskRun) -> None:
+        """Without waiting for the sweep, look at a task with nothing in flight.
+
+        A paused or cancelled task may settle; a running one with nothing
+        buffered may have ended.
+        """
+        if not run.is_open:
+            self.tell(StateIn(run.task_id))
+        elif not run.ready:
+            self.tell(Idle(run.task_id))
 
     def _account(self, run: TaskRun, outcome: Outcome) -> None:
         """Count a settled document's tokens and the provider's failure streak."""
