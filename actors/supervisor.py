@@ -45,7 +45,7 @@ from actors.llm import LLMBackend
 from actors.messages import ControlMessage, DocumentJob
 from actors.processors import Processor, load_processor
 from actors.processors.base import Merging
-from actors.worker import DocumentWorker, Finished, WorkItem, released
+from actors.worker import DocumentWorker, Finished, WorkItem
 from store.base import CheckpointStore
 from store.errors import StoreError, TaskNotFound, TransitionRefused
 from store.models import Claim, Outcome, Task
@@ -1025,4 +1025,4 @@ def decode_cursor(raw: Any) -> tuple[datetime, int] | None:
     return datetime.fromisoformat(raw[0]), int(raw[1])
 
 
-__all__ = ["Supervisor", "SupervisorConfig", "default_owner", "released"]
+__all__ = ["Supervisor", "SupervisorConfig", "default_owner"]

@@ -36,6 +36,7 @@ from store.errors import (
     StaleFence,
     StoreError,
     TaskNotFound,
+    TransitionRefused,
 )
 from store.models import (
     Claim,
@@ -1163,8 +1164,6 @@ class SQLiteStore:
 
 def raise_refused(task: Task, target: TaskState, allowed: frozenset[TaskState]) -> None:
     """Raise the refusal of a transition whose expected state did not hold."""
-    from store.errors import TransitionRefused
-
     expected = ", ".join(sorted(str(s) for s in allowed))
     raise TransitionRefused(
         task.task_id, task.state, target, f"expected one of {expected}"
